@@ -7,6 +7,10 @@ unpickler) and nothing here imports streamlit or prints.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +18,12 @@ from typing import Any, Literal
 
 import torch
 
+from analysis.safe_io import AdapterError, extracted_zip, read_pickled_tensors, read_safetensors
+
+__all__ = ["AdapterError", "LoraAdapter", "LoraModule", "load_adapter"]
+
 ModuleKind = Literal["linear", "embedding", "conv"]
 AdapterFormat = Literal["peft", "adalora", "kohya"]
-
-
-class AdapterError(ValueError):
-    """A file the user brought cannot be read as a LoRA adapter.
-
-    The message is one line that names the file, the module (when there is one) and the fix.
-    """
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,11 +103,23 @@ class LoraAdapter:
         raise KeyError(f"no module named {name!r} in {self.source}")
 
 
+PEFT_PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+# <name>.<part>[.<adapter name>][.weight]; the adapter name ("default") appears in unsaved state dicts.
+PEFT_KEY = re.compile(
+    r"^(?P<name>.+)\.(?P<part>lora_A|lora_B|lora_E|lora_embedding_A|lora_embedding_B)"
+    r"(?:\.(?!weight$)(?P<adapter>[^.]+))?(?:\.weight)?$"
+)
+KOHYA_KEY = re.compile(r"^(?P<name>.+)\.(?P<part>lora_down|lora_up|lora_A|lora_B)\.weight$")
+
+
 def load_adapter(path: str | Path) -> LoraAdapter:
     """Read a PEFT folder, an AdaLoRA folder, a kohya/diffusers `.safetensors` file or a `.zip` of any.
 
     Args:
-        path: folder or file.
+        path: folder or file. A folder may also hold the adapter one level down (a training run record
+            with an `adapter/` folder).
 
     Returns:
         The adapter with one `LoraModule` per adapted module, in file order.
@@ -114,4 +127,248 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     Raises:
         AdapterError: with one line naming the file, the module and the fix.
     """
-    raise NotImplementedError  # filled in by the loader work (issue 2)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AdapterError(f"{path}: no such file or folder; check the path")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        with extracted_zip(path) as root:
+            found = _find_adapter(root, str(path))
+            adapter = _load_path(found, in_memory=True)
+            return _replace_source(adapter, str(path))
+    return _load_path(_find_adapter(path, str(path)), in_memory=False)
+
+
+def _find_adapter(path: Path, shown: str) -> Path:
+    """The adapter folder or single file inside `path` (itself, or the one folder/file below it)."""
+    if path.is_file():
+        return path
+    if (path / CONFIG_NAME).is_file():
+        return path
+    configs = sorted(p.parent for p in path.rglob(CONFIG_NAME))
+    if len(configs) == 1:
+        return configs[0]
+    if len(configs) > 1:
+        names = ", ".join(str(c.relative_to(path)) for c in configs[:3])
+        raise AdapterError(f"{shown}: holds several adapters ({names}); point at one of them")
+    files = sorted(path.rglob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    raise AdapterError(
+        f"{shown}: no {CONFIG_NAME} found; point at a PEFT adapter folder (adapter_config.json + "
+        "adapter_model.safetensors) or a kohya .safetensors file"
+    )
+
+
+def _load_path(path: Path, *, in_memory: bool) -> LoraAdapter:
+    if path.is_dir():
+        return _load_peft_folder(path, in_memory=in_memory)
+    if path.suffix.lower() == ".safetensors":
+        if (path.parent / CONFIG_NAME).is_file() and path.name == WEIGHT_NAMES[0]:
+            return _load_peft_folder(path.parent, in_memory=in_memory)
+        return _load_single_file(path, in_memory=in_memory)
+    if path.suffix.lower() in (".bin", ".pt", ".pth"):
+        if (path.parent / CONFIG_NAME).is_file():
+            return _load_peft_folder(path.parent, in_memory=in_memory)
+        raise AdapterError(f"{path}: a pickled file without {CONFIG_NAME} beside it; add the config or use a folder")
+    raise AdapterError(f"{path}: unknown adapter format; expected a folder, .safetensors, .bin or .zip")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    file = folder / CONFIG_NAME
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterError(f"{file}: not valid JSON ({err}); fix or re-save the config") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{file}: expected a JSON object; re-save the config with peft")
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in ("LORA", "ADALORA"):
+        raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA or ADALORA; only LoRA is read")
+    return config
+
+
+def _fingerprint(files: list[Path], config: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for file in files:
+        with file.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _pattern_value(pattern: Mapping[str, Any], name: str) -> tuple[str, Any] | None:
+    """PEFT's rank_pattern / alpha_pattern rule: keys are regexes matched as dotted suffixes, first wins."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key, value
+    return None
+
+
+def _split_keys(tensors: Mapping[str, torch.Tensor], regex: re.Pattern, strip: str = "") -> tuple[dict, dict]:
+    """Group LoRA tensors by module name; everything else goes to the pass-through dict."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    extra: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = regex.match(key[len(strip) :] if strip and key.startswith(strip) else key)
+        if match:
+            parts.setdefault(match["name"], {})[match["part"]] = tensor
+        else:
+            extra[key] = tensor
+    return parts, extra
+
+
+def _check_finite(file: Path, modules: list[LoraModule]) -> None:
+    bad = [m.name for m in modules if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise AdapterError(
+            f"{file}: NaN or Inf values in module(s) {', '.join(bad[:3])}{more}; the training run diverged, "
+            "use an earlier checkpoint"
+        )
+
+
+def _no_lora_error(file: Path, tensors: Mapping[str, torch.Tensor]) -> AdapterError:
+    if not tensors:
+        return AdapterError(f"{file}: holds no tensors; re-export the adapter")
+    example = next(iter(tensors))
+    return AdapterError(
+        f"{file}: no LoRA tensors found among {len(tensors)} tensors (e.g. {example!r}); this looks like a full "
+        "model checkpoint, not an adapter: point at the LoRA adapter instead"
+    )
+
+
+def _as_matrices(file: Path, name: str, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Flatten conv factors to (r, in*k*k) and (out, r); check the inner dimension."""
+    kind = "conv" if A.ndim >= 3 else "linear"
+    if A.ndim < 2 or B.ndim < 2:
+        raise AdapterError(f"{file}: module {name} has 1-d LoRA factors {tuple(A.shape)}, {tuple(B.shape)}; corrupt")
+    if A.shape[0] != B.shape[1]:
+        raise AdapterError(
+            f"{file}: module {name} has A {tuple(A.shape)} and B {tuple(B.shape)} whose inner dimensions "
+            f"({A.shape[0]} vs {B.shape[1]}) disagree; the file is corrupt or mixes two adapters"
+        )
+    if kind == "conv":
+        A = A.reshape(A.shape[0], -1)  # (r, in, kh, kw) -> (r, in * kh * kw)
+        B = B.reshape(B.shape[0], B.shape[1], -1)  # (out, r, 1, 1) -> (out, r, 1)
+        if B.shape[2] != 1:
+            raise AdapterError(f"{file}: module {name} has a lora_B with a kernel {tuple(B.shape)}; not supported")
+        B = B[:, :, 0]
+    return A, B, kind
+
+
+def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
+    if not (folder / CONFIG_NAME).is_file():
+        raise AdapterError(f"{folder}: missing {CONFIG_NAME}; save the adapter with peft's save_pretrained")
+    config = _read_config(folder)
+    weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
+    if weights is None:
+        raise AdapterError(f"{folder}: missing adapter_model.safetensors (or .bin); put the weights beside the config")
+    if weights.suffix == ".bin":
+        tensors = read_pickled_tensors(weights)
+    else:
+        tensors, _ = read_safetensors(weights, in_memory=in_memory)
+    is_adalora = str(config.get("peft_type")).upper() == "ADALORA"
+    parts, extra = _split_keys(tensors, PEFT_KEY, PEFT_PREFIX)
+    if not parts:
+        raise _no_lora_error(weights, tensors)
+    modules = [_peft_module(weights, config, name, p, is_adalora) for name, p in parts.items()]
+    _check_finite(weights, modules)
+    warnings = []
+    if config.get("use_dora") or any("lora_magnitude_vector" in k for k in extra):
+        warnings.append(
+            "DoRA adapter: spectra show the direction part s*B@A only; the magnitude vector is passed through"
+        )
+    return LoraAdapter(
+        source=str(folder),
+        fingerprint=_fingerprint([weights], config),
+        format="adalora" if is_adalora else "peft",
+        config=config,
+        modules=tuple(modules),
+        extra_tensors=extra,
+        warnings=tuple(warnings),
+        file_size=weights.stat().st_size,
+    )
+
+
+def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_adalora: bool) -> LoraModule:
+    is_embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+    A = p.get("lora_embedding_A" if is_embedding else "lora_A")
+    B = p.get("lora_embedding_B" if is_embedding else "lora_B")
+    if A is None or B is None:
+        missing = "A" if A is None else "B"
+        raise AdapterError(f"{file}: module {name} has no lora_{missing} tensor (only half of the pair); corrupt file")
+    A, B, kind = _as_matrices(file, name, A, B)
+    r = A.shape[0]
+    weight_shape = (B.shape[0], A.shape[1])
+    if is_embedding:
+        kind, weight_shape = "embedding", (A.shape[1], B.shape[0])  # peft: delta = (B @ A)^T
+    elif kind == "conv":
+        weight_shape = (B.shape[0], *p["lora_A"].shape[1:])
+    elif config.get("fan_in_fan_out"):
+        weight_shape = (A.shape[1], B.shape[0])  # Conv1D stores (in, out); spectra are unchanged
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha = float(config.get("lora_alpha", 8))
+    if is_adalora:
+        E = p.get("lora_E")
+        if E is None:
+            raise AdapterError(f"{file}: AdaLoRA module {name} has no lora_E tensor; corrupt file")
+        if E.numel() != r:
+            raise AdapterError(f"{file}: AdaLoRA module {name} has lora_E of {E.numel()} values for rank {r}; corrupt")
+        mask = rank_pattern.get(f"{name}.lora_E")
+        if mask is not None and sum(bool(x) for x in mask) != r:
+            raise AdapterError(
+                f"{file}: AdaLoRA module {name} keeps {sum(map(bool, mask))} ranks in rank_pattern but has {r} "
+                "in the tensors; re-save the adapter with peft"
+            )
+        init_r = int(config.get("init_r", 12))
+        A = A * E.reshape(r, 1).to(A.dtype)  # fold the singular values in: (r, in) * (r, 1)
+        scaling = (alpha if alpha > 0 else init_r) / (init_r + 1e-5)  # peft: scaling / (ranknum + 1e-5)
+        return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
+    matched = _pattern_value(rank_pattern, name)
+    expected_r = int(matched[1]) if matched else int(config.get("r", 8))
+    if expected_r != r:
+        source = f"rank_pattern key {matched[0]!r}" if matched else "r"
+        raise AdapterError(
+            f"{file}: module {name} has rank {r} in the tensors but the config says {expected_r} ({source}); "
+            "fix r / rank_pattern in adapter_config.json"
+        )
+    matched_alpha = _pattern_value(config.get("alpha_pattern") or {}, name)
+    alpha = float(matched_alpha[1]) if matched_alpha else alpha
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
+
+
+def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
+    """kohya / diffusers single-file LoRA: `<name>.lora_down/up.weight` (or lora_A/B) and `<name>.alpha`."""
+    tensors, metadata = read_safetensors(file, in_memory=in_memory)
+    parts, extra = _split_keys(tensors, KOHYA_KEY)
+    if not parts:
+        raise _no_lora_error(file, tensors)
+    modules = []
+    for name, p in parts.items():
+        A, B = p.get("lora_down", p.get("lora_A")), p.get("lora_up", p.get("lora_B"))
+        if A is None or B is None:
+            raise AdapterError(f"{file}: module {name} has only half of its down/up pair; corrupt file")
+        weight_shape = (B.shape[0], *A.shape[1:])
+        A, B, kind = _as_matrices(file, name, A, B)
+        alpha_t = extra.pop(f"{name}.alpha", None)
+        r = A.shape[0]
+        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else float(r)
+        modules.append(LoraModule(name, A, B, alpha / r, kind, weight_shape, alpha))
+    _check_finite(file, modules)
+    config = {"kohya_metadata": metadata}
+    return LoraAdapter(
+        source=str(file),
+        fingerprint=_fingerprint([file], config),
+        format="kohya",
+        config=config,
+        modules=tuple(modules),
+        extra_tensors=extra,
+        file_size=file.stat().st_size,
+        kohya_prefixes={m.name: m.name for m in modules},
+    )
+
+
+def _replace_source(adapter: LoraAdapter, source: str) -> LoraAdapter:
+    from dataclasses import replace
+
+    return replace(adapter, source=source)

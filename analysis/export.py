@@ -1,22 +1,36 @@
 """Compress an adapter to a PARA allocation and write it back: pure `compress_adapter`, thin writers.
 
 PEFT output folds each module's scale into balanced factors and sets rank_pattern = alpha_pattern = k
-(scale 1), so it loads in any PEFT reader and in vLLM. Writes are atomic; the source is never touched.
+(scale 1), so it loads in any PEFT reader and in vLLM; rank-0 modules are left out and listed in
+`exclude_modules`. kohya output keeps kohya keys with alpha = k. Writes are atomic (temp folder, then
+rename); the source adapter is never touched. No streamlit here.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import save as save_safetensors_bytes
 
-from analysis.adapters import LoraAdapter
+from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, load_adapter
 from analysis.para import RankAllocation
+from analysis.spectra import truncated_factors
 
 ExportFormat = Literal["peft", "kohya"]
+REPORT_NAME = "RANKS.md"
+# AdaLoRA-only config fields that a plain LoRA config must not carry.
+ADALORA_FIELDS = ("target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,15 +45,234 @@ class CompressedAdapter:
     report: str
     """Markdown rank report (threshold in every unit, ranks per module, params, energy)."""
     allocation: RankAllocation
+    source: str = ""
+    """The adapter it was made from (save_adapter refuses to write into it)."""
 
 
-def compress_adapter(adapter: LoraAdapter, allocation: RankAllocation, *, format: ExportFormat = "peft") -> CompressedAdapter:
-    raise NotImplementedError
+@dataclass(frozen=True)
+class RoundTrip:
+    """Result of reloading an export and comparing it with the truncated SVD of the original."""
+
+    max_rel_error: float
+    """Max over modules of ||dW_export - dW_k||_F / ||dW_k||_F (0 for dropped modules that are absent)."""
+    n_modules: int
+    is_ok: bool
+
+
+def _factor_dtype(module: LoraModule) -> torch.dtype:
+    return module.A.dtype if module.A.is_floating_point() else torch.float32
+
+
+def _pattern_key(name: str) -> str:
+    """A rank_pattern key that matches exactly this module under PEFT's `(.*\\.)?(key)$` rule (PEFT >= 0.15)."""
+    return "^" + re.escape(name)
+
+
+def _peft_tensors(module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> dict[str, torch.Tensor]:
+    prefix = PEFT_PREFIX + module.name
+    k = A_k.shape[0]
+    if module.kind == "embedding":
+        return {f"{prefix}.lora_embedding_A": A_k, f"{prefix}.lora_embedding_B": B_k}
+    if module.kind == "conv":
+        A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
+        B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
+    return {f"{prefix}.lora_A.weight": A_k, f"{prefix}.lora_B.weight": B_k}
+
+
+def _kohya_tensors(prefix: str, module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> dict[str, torch.Tensor]:
+    k = A_k.shape[0]
+    if module.kind == "conv":
+        A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
+        B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
+    # alpha = k so that kohya's alpha / rank scale is 1: the scale is already folded into the factors.
+    alpha = torch.tensor(float(k), dtype=A_k.dtype)
+    return {f"{prefix}.lora_down.weight": A_k, f"{prefix}.lora_up.weight": B_k, f"{prefix}.alpha": alpha}
+
+
+def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
+    """Markdown report of one cut: the threshold in every unit and the rank of every module."""
+    a = allocation
+    lines = [
+        "# PARA rank report",
+        "",
+        f"Source: `{adapter.source}` ({adapter.format}, {len(adapter.modules)} modules)",
+        "",
+        "| cut | value |",
+        "| --- | --- |",
+        f"| tau (absolute) | {a.tau:.6g} |",
+        f"| tau / sigma_max | {a.relative_tau:.6f} |",
+        f"| energy kept | {a.energy_kept:.4%} |",
+        f"| LoRA params | {a.n_params_after:,} of {a.n_params_before:,} ({a.params_fraction:.2%}) |",
+        f"| mean rank | {a.mean_rank:.3f} |",
+        f"| relative Frobenius error | {a.rel_error:.6f} |",
+        f"| min rank | {a.min_rank} |",
+        f"| max rank (vLLM --max-lora-rank) | {max(a.ranks, default=0)} |",
+        "",
+        "| module | rank | of | energy kept | rel. error |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, k, r, e, err in zip(
+        a.names, a.ranks, a.original_ranks, a.module_energy_kept, a.module_rel_error, strict=True
+    ):
+        lines.append(f"| `{name}` | {k} | {r} | {e:.4%} | {err:.5f} |")
+    return "\n".join(lines) + "\n"
+
+
+def compress_adapter(
+    adapter: LoraAdapter, allocation: RankAllocation, *, format: ExportFormat = "peft"
+) -> CompressedAdapter:
+    """Truncate every module to its allocated rank (best rank-k approximation, scale folded in).
+
+    Args:
+        adapter: the source adapter (not modified).
+        allocation: ranks per module, in `adapter.modules` order (from `allocate_ranks` on its spectra).
+        format: "peft" (folder for PeftModel.from_pretrained) or "kohya" (needs a kohya input).
+
+    Returns:
+        Config, tensors and a rank report, ready for `save_adapter` or `adapter_zip_bytes`.
+
+    Raises:
+        ValueError: if the allocation was made for another adapter, or kohya output for a non-kohya input.
+    """
+    names = tuple(m.name for m in adapter.modules)
+    if allocation.names != names:
+        raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
+    if format == "kohya" and adapter.format != "kohya":
+        raise ValueError(f"format='kohya' needs a kohya input, got {adapter.format}; use format='peft'")
+    if format not in ("peft", "kohya"):
+        raise ValueError(f"format must be 'peft' or 'kohya', got {format!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    for module, k in zip(adapter.modules, allocation.ranks, strict=True):
+        if k == 0:
+            continue
+        B_k, A_k = truncated_factors(module, k, dtype=_factor_dtype(module))
+        if format == "kohya":
+            prefix = adapter.kohya_prefixes.get(module.name, module.name)
+            tensors.update(_kohya_tensors(prefix, module, B_k.contiguous(), A_k.contiguous()))
+        else:
+            tensors.update(_peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
+    tensors.update({key: t.contiguous() for key, t in adapter.extra_tensors.items()})
+    config: dict[str, Any] = {}
+    if format == "peft":
+        config = _peft_config(adapter, allocation)
+    return CompressedAdapter(format, config, tensors, rank_report(adapter, allocation), allocation, adapter.source)
+
+
+def _peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
+    config = {k: v for k, v in adapter.config.items() if k not in ADALORA_FIELDS and k != "kohya_metadata"}
+    kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
+    dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
+    r_max = max(kept.values(), default=1)
+    pattern = {_pattern_key(name): k for name, k in kept.items()}
+    excluded = config.get("exclude_modules")
+    excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
+    config.update(
+        peft_type="LORA",
+        r=r_max,
+        lora_alpha=r_max,
+        use_rslora=False,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        exclude_modules=sorted(set(excluded) | set(dropped)) or None,
+    )
+    if not adapter.config:  # kohya/diffusers input written as PEFT: the minimum PEFT needs
+        config["target_modules"] = sorted(kept)
+    return config
+
+
+def _write_files(compressed: CompressedAdapter, folder: Path) -> None:
+    metadata = {"format": "pt"}
+    if compressed.format == "peft":
+        (folder / "adapter_model.safetensors").write_bytes(save_safetensors_bytes(dict(compressed.tensors), metadata))
+        (folder / "adapter_config.json").write_text(json.dumps(compressed.config, indent=2, sort_keys=True) + "\n")
+    else:
+        (folder / "adapter_model.safetensors").write_bytes(save_safetensors_bytes(dict(compressed.tensors), metadata))
+    (folder / REPORT_NAME).write_text(compressed.report)
 
 
 def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    raise NotImplementedError
+    """Write the compressed adapter to `out_dir` atomically (a temp folder beside it, then a rename).
+
+    Args:
+        compressed: from `compress_adapter`.
+        out_dir: target folder; PEFT files (or the kohya .safetensors) and RANKS.md go inside.
+        overwrite: replace a non-empty `out_dir`.
+
+    Returns:
+        The written folder.
+
+    Raises:
+        ValueError: the target is the source adapter's folder (or inside it).
+        FileExistsError: the target exists, is not empty and `overwrite` is false.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if compressed.source:
+        source = Path(compressed.source).resolve()
+        source_dir = source if source.is_dir() else source.parent
+        if out == source_dir or source_dir in out.parents:
+            raise ValueError(f"{out}: refusing to write into the source adapter's folder; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write_files(compressed, tmp)
+        for file in tmp.iterdir():
+            with file.open("rb") as f:
+                os.fsync(f.fileno())
+        if out.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            backup.rmdir()
+            out.rename(backup)
+            tmp.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
-def adapter_zip_bytes(compressed: CompressedAdapter) -> bytes:
-    raise NotImplementedError
+def adapter_zip_bytes(compressed: CompressedAdapter, *, folder_name: str = "adapter") -> bytes:
+    """The same files as `save_adapter` writes, as an in-memory zip with one top folder."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        tensors = save_safetensors_bytes(dict(compressed.tensors), {"format": "pt"})
+        archive.writestr(f"{folder_name}/adapter_model.safetensors", tensors)
+        if compressed.format == "peft":
+            config = json.dumps(compressed.config, indent=2, sort_keys=True)
+            archive.writestr(f"{folder_name}/adapter_config.json", config)
+        archive.writestr(f"{folder_name}/{REPORT_NAME}", compressed.report)
+    return buffer.getvalue()
+
+
+def check_round_trip(adapter: LoraAdapter, allocation: RankAllocation, exported: str | Path) -> RoundTrip:
+    """Reload an export and compare each module's update with the truncated SVD of the original.
+
+    Compares in factor space: ||B' A' s' - B_k A_k||_F via r x r Grams, never the dense update.
+    """
+    reloaded = {m.name: m for m in load_adapter(exported).modules}
+    worst = 0.0
+    for module, k in zip(adapter.modules, allocation.ranks, strict=True):
+        if k == 0:
+            if module.name in reloaded:
+                worst = max(worst, 1.0)
+            continue
+        if module.name not in reloaded:
+            worst = max(worst, 1.0)
+            continue
+        got = reloaded[module.name]
+        B_k, A_k = truncated_factors(module, k)
+        B_e = got.B.double() * got.scaling  # (out, k)
+        worst = max(worst, _factor_rel_diff(B_e, got.A.double(), B_k, A_k))
+    return RoundTrip(max_rel_error=worst, n_modules=len(adapter.modules), is_ok=worst < 1e-3)
+
+
+def _factor_rel_diff(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tensor) -> float:
+    """||B1 A1 - B2 A2||_F / ||B2 A2||_F from the factors: stack [B1, -B2] @ [A1; A2]."""
+    B = torch.cat([B1, -B2], dim=1)  # (out, k1 + k2)
+    A = torch.cat([A1, A2], dim=0)  # (k1 + k2, in)
+    diff = torch.sum((B.T @ B) * (A @ A.T))  # ||B A||_F^2 = tr(B^T B A A^T): (k, k) * (k, k)
+    ref = torch.sum((B2.T @ B2) * (A2 @ A2.T))
+    return float(diff.clamp_min(0).sqrt() / ref.sqrt()) if ref > 0 else float(diff.clamp_min(0).sqrt())

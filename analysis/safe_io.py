@@ -1,0 +1,185 @@
+"""Reading files users bring without trusting them: safetensors headers, pickles, zips.
+
+Every check runs before any large allocation, nothing here runs code from a file, and every failure is an
+`AdapterError` with one line naming the file and the fix. No streamlit here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import stat
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
+
+# Limits for zip uploads (checked from the zip directory before extraction, and again while extracting,
+# since the directory's sizes can lie).
+MAX_ZIP_FILES = 256
+MAX_ZIP_BYTES = 4 * 1024**3
+MAX_HEADER_BYTES = 100 * 1024**2
+# Safetensors dtype name -> bytes per element.
+SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}  # fmt: skip
+
+
+class AdapterError(ValueError):
+    """A file the user brought cannot be read as a LoRA adapter.
+
+    The message is one line that names the file, the module (when there is one) and the fix.
+    """
+
+
+def check_safetensors_header(path: Path) -> dict:
+    """Validate a safetensors file's header against its size; return the header's tensor entries.
+
+    Raises:
+        AdapterError: empty or truncated file, header length past the end, invalid JSON, unknown dtype,
+            negative or absurd shapes, offsets out of range, overlapping, or not matching shape x dtype.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise AdapterError(f"{path}: the file is empty; re-export or re-download the adapter")
+    if size < 8:
+        raise AdapterError(f"{path}: truncated safetensors file ({size} bytes); re-download the adapter")
+    with path.open("rb") as f:
+        (n_header,) = struct.unpack("<Q", f.read(8))
+        if n_header > min(size - 8, MAX_HEADER_BYTES):
+            raise AdapterError(
+                f"{path}: safetensors header claims {n_header} bytes but the file has {size}; "
+                "the file is truncated or not safetensors"
+            )
+        raw = f.read(n_header)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AdapterError(f"{path}: the safetensors header is not valid JSON; the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise AdapterError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    data_size = size - 8 - n_header
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    spans = []
+    for key, info in entries.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise AdapterError(f"{path}: tensor {key!r} has a malformed header entry; the file is corrupt")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise AdapterError(f"{path}: tensor {key!r} has unsupported dtype {dtype!r}; save it as float32/16")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)):
+            raise AdapterError(f"{path}: tensor {key!r} has an invalid shape {shape!r}; the file is corrupt")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise AdapterError(f"{path}: tensor {key!r} has invalid data offsets; the file is corrupt")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise AdapterError(
+                f"{path}: tensor {key!r} points past the end of the file; the file is truncated, re-download it"
+            )
+        if math.prod(shape) * SAFETENSORS_DTYPES[dtype] != end - begin:
+            raise AdapterError(f"{path}: tensor {key!r} shape {shape} does not match its byte size; corrupt file")
+        spans.append((begin, end, key))
+    spans.sort()
+    for (_, end_a, key_a), (begin_b, _, key_b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise AdapterError(f"{path}: tensors {key_a!r} and {key_b!r} overlap in the file; the file is corrupt")
+    return entries
+
+
+def read_safetensors(path: Path, *, in_memory: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a validated safetensors file (memory-mapped unless `in_memory`)."""
+    check_safetensors_header(path)
+    try:
+        if in_memory:
+            data = path.read_bytes()
+            tensors = load_safetensors_bytes(data)
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return tensors, metadata
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except AdapterError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for what the checks above missed
+        raise AdapterError(f"{path}: cannot read safetensors ({type(err).__name__}: {err}); corrupt file") from None
+
+
+def read_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A `.bin` state dict through torch's tensors-only unpickler: anything else is refused, nothing runs."""
+    if path.stat().st_size == 0:
+        raise AdapterError(f"{path}: the file is empty; re-export or re-download the adapter")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterError(
+            f"{path}: refused to unpickle (not plain tensors: {first[:160]}); convert it to safetensors "
+            "with a trusted tool"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise AdapterError(f"{path}: the pickle is not a flat dict of tensors; convert it to safetensors")
+    return state
+
+
+def _check_zip_entry(zip_path: str, info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise AdapterError(f"{zip_path}: refused zip entry {name!r} (path outside the archive); re-zip the folder")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise AdapterError(f"{zip_path}: refused zip entry {name!r} (a symbolic link); re-zip without links")
+
+
+@contextmanager
+def extracted_zip(zip_file: Path) -> Iterator[Path]:
+    """Extract a zip into a private temp folder (removed afterwards) after checking every entry.
+
+    Refuses path traversal, absolute paths and symlinks; caps the file count (MAX_ZIP_FILES) and the total
+    uncompressed size (MAX_ZIP_BYTES), both from the directory and while extracting.
+    """
+    try:
+        archive = zipfile.ZipFile(zip_file)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise AdapterError(f"{zip_file}: not a valid zip archive ({err}); re-create the zip") from None
+    tmp = Path(tempfile.mkdtemp(prefix="lora-rank-lab-zip-"))
+    try:
+        try:
+            with archive:
+                _extract_checked(archive, zip_file, tmp)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as err:
+            raise AdapterError(f"{zip_file}: cannot extract ({type(err).__name__}: {err}); re-zip it") from None
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_checked(archive: zipfile.ZipFile, zip_file: Path, dest: Path) -> None:
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_FILES:
+        raise AdapterError(f"{zip_file}: {len(infos)} entries exceed the limit of {MAX_ZIP_FILES}; zip less")
+    too_big = f"{zip_file}: uncompressed size exceeds {MAX_ZIP_BYTES >> 30} GiB; zip only the adapter"
+    if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
+        raise AdapterError(too_big)
+    for info in infos:
+        _check_zip_entry(str(zip_file), info)
+    written = 0
+    for info in infos:
+        target = dest / info.filename
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, target.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > MAX_ZIP_BYTES:  # the directory's sizes can lie
+                    raise AdapterError(too_big)
+                dst.write(chunk)
