@@ -1,0 +1,61 @@
+"""`python -m analysis.training train|list`: train runs and list finished ones (progress via tqdm)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from analysis.training.data import TASKS
+from analysis.training.lora import TrainConfig
+from analysis.training.runs import RunSpec, read_metrics, run_status, train_run
+
+METHODS = ("lora",)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one run and write its record")
+    p.add_argument("--method", choices=METHODS, default="lora")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * rank)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("list", help="list runs under a folder")
+    p.add_argument("folder", nargs="?", default="sample_adapters")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from tqdm import tqdm
+
+            config = TrainConfig(
+                r=args.rank, lora_alpha=args.alpha or 2.0 * args.rank, epochs=args.epochs, lr=args.lr, seed=args.seed
+            )
+            bar = tqdm(desc=f"{args.method} {args.task}", unit="step")
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                bar.total = total
+                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.update(1)
+
+            metrics = train_run(RunSpec(args.method, args.task, config), args.out, on_step=on_step)
+            bar.close()
+            print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
+        else:
+            for run in sorted(p for p in Path(args.folder).iterdir() if (p / "status").is_file()):
+                status = run_status(run)
+                acc = f"{read_metrics(run)['test']['accuracy']:.4f}" if status == "finished" else "-"
+                print(f"{run.name:<40} {status:<9} test accuracy {acc}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

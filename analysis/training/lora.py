@@ -1,0 +1,176 @@
+"""Fixed-rank LoRA training ("train high" for PARA) on a real task, through HF Accelerate.
+
+`train_lora` fine-tunes the base model with peft's LoraConfig at one rank everywhere and returns the
+trained PeftModel with its loss curve. The same loop runs on several GPUs with `accelerate launch`.
+No streamlit, no printing: progress goes through `on_step`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from analysis.training.data import Example
+from analysis.training.model import BASE_MODEL_NAME, HEAD_NAME, MAX_LENGTH, TARGET_MODULES
+
+StepCallback = Callable[[int, int, float], None]
+"""on_step(step, total_steps, loss)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one fixed-rank run."""
+
+    r: int = 32
+    """LoRA rank of every module."""
+    lora_alpha: float = 64.0
+    """Scale alpha / r = 2 (the common alpha = 2r)."""
+    epochs: float = 3.0
+    lr: float = 5e-4
+    batch_size: int = 32
+    max_length: int = MAX_LENGTH
+    seed: int = 0
+    max_steps: int | None = None
+    """Stop early after this many steps (tests)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+
+
+@dataclass
+class TrainResult:
+    model: PeftModel
+    loss_curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    n_steps: int = 0
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def batches(examples: Sequence[Example], batch_size: int, *, seed: int | None) -> list[list[Example]]:
+    """Fixed-size batches, shuffled with `seed` (None keeps order)."""
+    order = list(range(len(examples)))
+    if seed is not None:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [[examples[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def lora_config(r: int, lora_alpha: float, **extra: object) -> LoraConfig:
+    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=TARGET_MODULES, modules_to_save=[HEAD_NAME], **extra)
+
+
+def train_loop(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Sequence[Example],
+    config: TrainConfig,
+    *,
+    on_step: StepCallback | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> tuple[list[float], int]:
+    """AdamW over the trainable parameters with cross-entropy; returns the loss curve and step count.
+
+    `extra_loss` adds a regulariser to each step's loss; `after_step(step)` runs after each optimizer
+    step (AdaLoRA's update_and_allocate, ALoRA's pruning rounds).
+    """
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    n_epochs = math.ceil(config.epochs)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total = int(config.epochs * steps_per_epoch)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for epoch in range(n_epochs):
+        for batch in batches(train, config.batch_size, seed=config.seed + epoch):
+            if step >= total:
+                break
+            inputs = encode(tokenizer, [e.text for e in batch], config.max_length)
+            labels = torch.tensor([e.label for e in batch], device=accelerator.device)
+            logits = model(inputs["input_ids"].to(accelerator.device), inputs["attention_mask"].to(accelerator.device))
+            loss = nn.functional.cross_entropy(logits, labels)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            losses.append(float(loss.detach()))
+            if after_step is not None:
+                after_step(step)
+            if on_step is not None:
+                on_step(step, total, losses[-1])
+    model.eval()
+    return losses, step
+
+
+def train_lora(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Sequence[Example],
+    config: TrainConfig,
+    *,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Fine-tune `model` with fixed-rank LoRA on `train`.
+
+    Args:
+        model: a SentenceClassifier (MiniLM or a tiny test BERT); wrapped with peft here.
+        tokenizer: its tokenizer.
+        train: training examples.
+        config: rank, alpha, schedule.
+        on_step: progress callback.
+
+    Returns:
+        The trained PeftModel (eval mode), the loss curve and the wall time.
+    """
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    peft_model = get_peft_model(model, lora_config(config.r, config.lora_alpha, init_lora_weights=True))
+    peft_model.peft_config["default"].base_model_name_or_path = BASE_MODEL_NAME
+    losses, steps = train_loop(peft_model, tokenizer, train, config, on_step=on_step)
+    return TrainResult(peft_model, losses, time.perf_counter() - start, steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 64,
+    max_length: int = MAX_LENGTH,
+    on_step: StepCallback | None = None,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of `model` on `examples` (deterministic: eval mode, fixed order)."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    chunks = batches(examples, batch_size, seed=None)
+    for i, batch in enumerate(chunks):
+        inputs = encode(tokenizer, [e.text for e in batch], max_length)
+        labels = torch.tensor([e.label for e in batch])
+        logits = model(inputs["input_ids"], inputs["attention_mask"])
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
+        if on_step is not None:
+            on_step(i + 1, len(chunks), loss_sum / max(1, sum(len(b) for b in chunks[: i + 1])))
+    n = max(len(examples), 1)
+    return correct / n, loss_sum / n
