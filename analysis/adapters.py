@@ -340,6 +340,10 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
 def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
     """kohya / diffusers single-file LoRA: `<name>.lora_down/up.weight` (or lora_A/B) and `<name>.alpha`."""
     tensors, metadata = read_safetensors(file, in_memory=in_memory)
+    if any(k.startswith(PEFT_PREFIX) for k in tensors):
+        raise AdapterError(
+            f"{file}: PEFT weights with no {CONFIG_NAME} beside them (the scale is unknown); copy the config there"
+        )
     parts, extra = _split_keys(tensors, KOHYA_KEY)
     if not parts:
         raise _no_lora_error(file, tensors)

@@ -1,0 +1,181 @@
+"""Loading: every format gives the update peft itself computes; bad inputs give one clear AdapterError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from analysis.adapters import AdapterError, load_adapter
+from tests.builders import make_peft_dir, tiny_bert
+
+
+def peft_deltas(folder) -> dict[str, torch.Tensor]:
+    """Each LoRA layer's delta weight as peft computes it, keyed by module name."""
+    model = PeftModel.from_pretrained(tiny_bert(), folder)
+    deltas = {}
+    for name, module in model.named_modules():
+        has_lora = "default" in getattr(module, "lora_A", {}) or "default" in getattr(module, "lora_embedding_A", {})
+        if hasattr(module, "get_delta_weight") and has_lora:
+            deltas[name.removeprefix("base_model.model.")] = module.get_delta_weight("default")
+    return deltas
+
+
+def assert_matches_peft(folder) -> None:
+    adapter = load_adapter(folder)
+    deltas = peft_deltas(folder)
+    assert {m.name for m in adapter.modules} == set(deltas)
+    for m in adapter.modules:
+        delta = m.scaling * (m.B.double() @ m.A.double())  # (out, r) @ (r, in)
+        expected = deltas[m.name].double()
+        if m.kind == "embedding":
+            expected = expected.T  # peft stores embedding deltas as (num_embeddings, dim)
+        torch.testing.assert_close(delta, expected.reshape(delta.shape), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"use_rslora": True},
+        {"rank_pattern": {"query": 4, "layer.1.output.dense": 2}, "alpha_pattern": {"key": 3}},
+        {"target_modules": ["query", "value", "word_embeddings"]},
+    ],
+    ids=["plain", "rslora", "patterns", "embedding"],
+)
+def test_load_adapter_matches_peft_delta(tmp_path, kwargs):
+    assert_matches_peft(make_peft_dir(tmp_path / "a", **kwargs))
+
+
+def test_load_adapter_reads_adalora_with_folded_singular_values(tmp_path):
+    folder = make_peft_dir(tmp_path / "a", adalora=True)
+    adapter = load_adapter(folder)
+    assert adapter.format == "adalora"
+    assert_matches_peft(folder)
+
+
+def test_load_adapter_rank_pattern_and_scaling(tmp_path):
+    folder = make_peft_dir(tmp_path / "a", rank_pattern={"query": 4}, alpha_pattern={"query": 2}, use_rslora=True)
+    m = load_adapter(folder).module("bert.encoder.layer.0.attention.self.query")
+    assert m.r == 4
+    assert m.scaling == pytest.approx(2 / 4**0.5)
+
+
+class TinyConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_load_adapter_flattens_conv(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(TinyConv(), LoraConfig(r=2, lora_alpha=4, target_modules=["conv"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "conv")
+    m = load_adapter(tmp_path / "conv").module("conv")
+    assert m.kind == "conv" and m.weight_shape == (6, 3, 3, 3)
+    expected = model.base_model.model.conv.get_delta_weight("default")  # (6, 3, 3, 3)
+    torch.testing.assert_close(m.scaling * m.B @ m.A, expected.reshape(6, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_load_adapter_reads_kohya_file(tmp_path, chosen_factors):
+    B, A, sigma = chosen_factors
+    file = tmp_path / "lora.safetensors"
+    prefix = "lora_unet_down_blocks_0_attn1_to_q"
+    save_file(
+        {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(2.0)}, file
+    )
+    adapter = load_adapter(file)
+    assert adapter.format == "kohya"
+    (m,) = adapter.modules
+    assert m.name == prefix and m.scaling == pytest.approx(2.0 / 4)
+    torch.testing.assert_close(m.B @ m.A, B @ A)
+
+
+def test_load_adapter_reads_zip_and_bin(tmp_path, tiny_peft_dir):
+    reference = load_adapter(tiny_peft_dir)
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in tiny_peft_dir.iterdir():
+            z.write(f, f"my-adapter/{f.name}")
+    zipped = load_adapter(archive)
+    assert zipped.fingerprint == reference.fingerprint
+    assert zipped.source == str(archive)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(tiny_peft_dir / "adapter_config.json", bin_dir)
+    torch.save(load_file(tiny_peft_dir / "adapter_model.safetensors"), bin_dir / "adapter_model.bin")
+    from_bin = load_adapter(bin_dir)
+    for a, b in zip(reference.modules, from_bin.modules, strict=True):
+        torch.testing.assert_close(a.A, b.A)
+
+
+def test_load_adapter_keeps_modules_to_save(tmp_path):
+    folder = make_peft_dir(tmp_path / "a", modules_to_save=["classifier"])
+    adapter = load_adapter(folder)
+    assert any("classifier" in k for k in adapter.extra_tensors)
+
+
+def _rewrite(folder, mutate):
+    tensors = load_file(folder / "adapter_model.safetensors")
+    mutate(tensors)
+    save_file(tensors, folder / "adapter_model.safetensors")
+
+
+def test_load_adapter_bad_inputs_name_file_and_module(tmp_path, tiny_peft_dir):
+    first_a = next(k for k in load_file(tiny_peft_dir / "adapter_model.safetensors") if k.endswith("lora_A.weight"))
+    module = first_a.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+    cases = {}
+
+    def case(name, mutate):
+        folder = tmp_path / name
+        shutil.copytree(tiny_peft_dir, folder)
+        mutate(folder)
+        cases[name] = folder
+
+    case("nan", lambda f: _rewrite(f, lambda t: t[first_a].fill_(float("nan"))))
+    case("half", lambda f: _rewrite(f, lambda t: t.pop(first_a)))
+    case("inner", lambda f: _rewrite(f, lambda t: t.__setitem__(first_a, torch.ones(3, t[first_a].shape[1]))))
+    case("no-config", lambda f: (f / "adapter_config.json").unlink())
+    case("truncated", lambda f: (f / "adapter_model.safetensors").write_bytes(
+        (f / "adapter_model.safetensors").read_bytes()[:-100]))  # fmt: skip
+    case("empty", lambda f: (f / "adapter_model.safetensors").write_bytes(b""))
+    case("full-model", lambda f: save_file(tiny_bert().state_dict(), f / "adapter_model.safetensors"))
+    config_r = json.loads((tiny_peft_dir / "adapter_config.json").read_text()) | {"r": 4}
+    case("rank", lambda f: (f / "adapter_config.json").write_text(json.dumps(config_r)))
+    expected = {
+        "nan": "NaN or Inf values in module",
+        "half": "only half of the pair",
+        "inner": "inner dimensions",
+        "no-config": "no adapter_config.json beside them",
+        "truncated": "truncated",
+        "empty": "empty",
+        "full-model": "full model",
+        "rank": "config says 4",
+    }
+    for name, folder in cases.items():
+        with pytest.raises(AdapterError, match=expected[name]) as info:
+            load_adapter(folder)
+        message = str(info.value)
+        assert "\n" not in message
+        assert str(folder) in message, f"{name}: {message}"
+        if name in ("nan", "half", "inner", "rank"):
+            assert module in message, name
+
+
+def test_load_adapter_missing_path_and_unknown_format(tmp_path):
+    with pytest.raises(AdapterError, match="no such file"):
+        load_adapter(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AdapterError, match="unknown adapter format"):
+        load_adapter(tmp_path / "notes.txt")
