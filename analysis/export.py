@@ -134,13 +134,13 @@ def compress_adapter(
     Raises:
         ValueError: if the allocation was made for another adapter, or kohya output for a non-kohya input.
     """
-    names = tuple(m.name for m in adapter.modules)
-    if allocation.names != names:
-        raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
     if format == "kohya" and adapter.format != "kohya":
         raise ValueError(f"format='kohya' needs a kohya input, got {adapter.format}; use format='peft'")
     if format not in ("peft", "kohya"):
         raise ValueError(f"format must be 'peft' or 'kohya', got {format!r}")
+    names = tuple(m.name for m in adapter.modules)
+    if allocation.names != names:
+        raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
     tensors: dict[str, torch.Tensor] = {}
     for module, k in zip(adapter.modules, allocation.ranks, strict=True):
         if k == 0:
@@ -208,8 +208,9 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     out = Path(out_dir).expanduser().resolve()
     if compressed.source:
         source = Path(compressed.source).resolve()
-        source_dir = source if source.is_dir() else source.parent
-        if out == source_dir or source_dir in out.parents:
+        # a folder source protects everything inside it; a single-file source protects its own folder
+        is_inside = out == source or (source.is_dir() and source in out.parents)
+        if is_inside or (source.is_file() and out == source.parent):
             raise ValueError(f"{out}: refusing to write into the source adapter's folder; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")

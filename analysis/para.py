@@ -209,11 +209,13 @@ def allocate_at(index: ParaIndex, position: int, *, min_rank: int = 0) -> RankAl
     m = np.arange(index.n_modules)
     kept = index.cum_module_energy[m, ranks]
     module_total = index.module_energy
+    dropped = module_total - kept  # exactly 0 where nothing is dropped (same cumulative sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         module_kept = np.where(module_total > 0, kept / module_total, 1.0)
-    module_error = np.sqrt(np.clip(1.0 - module_kept, 0.0, 1.0))
-    total = index.total_energy
-    energy_kept = float(kept.sum() / total) if total > 0 else 1.0
+        module_error = np.where(module_total > 0, np.sqrt(np.clip(dropped / module_total, 0.0, 1.0)), 0.0)
+    total = float(module_total.sum())
+    dropped_fraction = float(np.clip(dropped.sum() / total, 0.0, 1.0)) if total > 0 else 0.0
+    energy_kept = 1.0 - dropped_fraction
     tau = float(index.values[position - 1]) if position > 0 else float(np.nextafter(index.sigma_max, np.inf))
     return RankAllocation(
         names=index.spectra.names,
@@ -222,13 +224,13 @@ def allocate_at(index: ParaIndex, position: int, *, min_rank: int = 0) -> RankAl
         n_kept=int(ranks.sum()),
         tau=tau,
         relative_tau=tau / index.sigma_max if index.sigma_max > 0 else 0.0,
-        energy_kept=min(energy_kept, 1.0),
+        energy_kept=energy_kept,
         n_params_before=index.n_params_before,
         n_params_after=int(np.dot(ranks, index.cost)),
         mean_rank=float(ranks.mean()) if index.n_modules else 0.0,
         module_energy_kept=tuple(float(x) for x in module_kept),
         module_rel_error=tuple(float(x) for x in module_error),
-        rel_error=float(np.sqrt(max(0.0, 1.0 - energy_kept))),
+        rel_error=float(np.sqrt(dropped_fraction)),
         min_rank=min_rank,
     )
 

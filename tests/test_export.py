@@ -1,0 +1,152 @@
+"""Export: PEFT structure, real peft round trips, kohya output, atomic and safe writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+import analysis.export as export
+from analysis.adapters import load_adapter
+from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, save_adapter
+from analysis.para import allocate_ranks, para_index
+from analysis.spectra import adapter_spectra, truncated_factors
+from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
+
+
+def allocation_for(adapter, value, unit="energy", min_rank=0):
+    return allocate_ranks(para_index(adapter_spectra(adapter)), value, unit, min_rank=min_rank)
+
+
+def peft_layers(model) -> dict[str, torch.nn.Module]:
+    return {
+        name.removeprefix("base_model.model."): module
+        for name, module in model.named_modules()
+        if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {})
+    }
+
+
+@pytest.fixture
+def adapter_and_cut(tiny_peft_dir):
+    adapter = load_adapter(tiny_peft_dir)
+    # a cut that keeps some modules at reduced rank and drops at least one
+    index = para_index(adapter_spectra(adapter))
+    for value in (0.6, 0.5, 0.4, 0.3, 0.2):
+        allocation = allocate_ranks(index, value, "energy")
+        if 0 in allocation.ranks:
+            break
+    assert 0 in allocation.ranks and max(allocation.ranks) < 8
+    return adapter, allocation
+
+
+def test_compress_adapter_structure(adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    out = compress_adapter(adapter, allocation)
+    config = out.config
+    assert config["rank_pattern"] == config["alpha_pattern"] and config["use_rslora"] is False
+    dropped = {n for n, k in allocation.rank_map.items() if k == 0}
+    assert set(config["exclude_modules"]) == dropped
+    kept = [n for n, k in allocation.rank_map.items() if k > 0]
+    assert len(out.tensors) == 2 * len(kept)
+    for name in kept:
+        assert out.tensors[f"base_model.model.{name}.lora_A.weight"].shape[0] == allocation.rank_map[name]
+    assert "PARA rank report" in out.report
+
+
+def test_export_round_trips_through_peft(tmp_path, tiny_peft_dir, adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
+    assert check_round_trip(adapter, allocation, out).is_ok
+    model = PeftModel.from_pretrained(tiny_bert(), out)
+    layers = peft_layers(model)
+    dropped = {n for n, k in allocation.rank_map.items() if k == 0}
+    assert set(layers) == set(allocation.names) - dropped  # no missing or unexpected modules
+    for module in adapter.modules:
+        if module.name in dropped:
+            continue
+        B_k, A_k = truncated_factors(module, allocation.rank_map[module.name])
+        expected = B_k @ A_k  # (out, k) @ (k, in)
+        got = layers[module.name].get_delta_weight("default").double()
+        assert torch.linalg.norm(got - expected) / torch.linalg.norm(expected) < 1e-5
+    reloaded = load_adapter(out)
+    assert {m.name: m.r for m in reloaded.modules} == {n: k for n, k in allocation.rank_map.items() if k}
+
+
+def test_export_keep_everything_gives_the_same_outputs(tmp_path, tiny_peft_dir):
+    adapter = load_adapter(tiny_peft_dir)
+    out = save_adapter(compress_adapter(adapter, allocation_for(adapter, 1.0)), tmp_path / "out")
+    ids = torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(0))
+    original = PeftModel.from_pretrained(tiny_bert(), tiny_peft_dir)(input_ids=ids).logits
+    exported = PeftModel.from_pretrained(tiny_bert(), out)(input_ids=ids).logits
+    torch.testing.assert_close(exported, original, rtol=1e-4, atol=1e-5)
+
+
+def test_export_adalora_and_rslora_load_as_plain_lora(tmp_path):
+    for name, kwargs in {"ada": {"adalora": True}, "rs": {"use_rslora": True, "rank_pattern": {"query": 4}}}.items():
+        adapter = load_adapter(make_peft_dir(tmp_path / name, **kwargs))
+        allocation = allocation_for(adapter, 0.9)
+        out = save_adapter(compress_adapter(adapter, allocation), tmp_path / f"{name}-out")
+        assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+        assert check_round_trip(adapter, allocation, out).max_rel_error < 1e-5
+        PeftModel.from_pretrained(tiny_bert(), out)
+
+
+def test_export_kohya_round_trip(tmp_path):
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(8.0)},
+              tmp_path / "in.safetensors")  # fmt: skip
+    adapter = load_adapter(tmp_path / "in.safetensors")
+    allocation = allocation_for(adapter, 2, "mean_rank")
+    out = save_adapter(compress_adapter(adapter, allocation, format="kohya"), tmp_path / "out")
+    tensors = load_file(out / "adapter_model.safetensors")
+    assert tensors[f"{prefix}.lora_down.weight"].shape == (2, 40)
+    assert float(tensors[f"{prefix}.alpha"]) == 2.0
+    assert check_round_trip(adapter, allocation, out).max_rel_error < 1e-5
+    with pytest.raises(ValueError, match="kohya input"):
+        compress_adapter(load_adapter(make_peft_dir(tmp_path / "p")), allocation, format="kohya")
+
+
+def test_adapter_zip_bytes_loads_back(tmp_path, adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    data = adapter_zip_bytes(compress_adapter(adapter, allocation))
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    (tmp_path / "dl.zip").write_bytes(data)
+    assert check_round_trip(adapter, allocation, tmp_path / "dl.zip").is_ok
+
+
+def test_save_adapter_refuses_source_and_non_empty_target(tmp_path, tiny_peft_dir, adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    compressed = compress_adapter(adapter, allocation)
+    before = {f.name: f.read_bytes() for f in tiny_peft_dir.iterdir()}
+    with pytest.raises(ValueError, match="source adapter"):
+        save_adapter(compressed, tiny_peft_dir, overwrite=True)
+    assert {f.name: f.read_bytes() for f in tiny_peft_dir.iterdir()} == before
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_adapter(compressed, target)
+    assert (target / "keep.txt").read_text() == "mine"
+    save_adapter(compressed, target, overwrite=True)
+    assert (target / "adapter_config.json").is_file() and not (target / "keep.txt").exists()
+
+
+def test_save_adapter_crash_midway_leaves_nothing(tmp_path, monkeypatch, adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    compressed = compress_adapter(adapter, allocation)
+
+    def crash(compressed, folder):
+        (folder / "adapter_model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt  # the writer is killed after the first file
+
+    monkeypatch.setattr(export, "_write_files", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(compressed, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # only the source; no partial folder

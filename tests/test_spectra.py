@@ -1,0 +1,86 @@
+"""Spectra: chosen singular values come back; factor space equals a float64 dense SVD; Gram fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.adapters import LoraAdapter, LoraModule
+from analysis.spectra import adapter_spectra, truncated_factors
+
+
+def adapter_of(*modules: LoraModule) -> LoraAdapter:
+    return LoraAdapter(source="mem", fingerprint="x", format="peft", config={}, modules=modules)
+
+
+def test_adapter_spectra_recovers_chosen_sigma(chosen_factors):
+    B, A, sigma = chosen_factors
+    spectra = adapter_spectra(adapter_of(LoraModule("m", A, B, scaling=0.5)))
+    np.testing.assert_allclose(spectra.spectra[0].sigma, 0.5 * np.array(sigma), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_adapter_spectra_equals_dense_svd(dtype):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 48, 8), (64, 48, 8), (30, 90, 4), (16, 16, 16), (10, 12, 12)]  # the last has r > out
+    modules = [
+        LoraModule(
+            f"m{i}", torch.randn(r, d_in, generator=g).to(dtype), torch.randn(d_out, r, generator=g).to(dtype), 1.5
+        )
+        for i, (d_out, d_in, r) in enumerate(shapes)
+    ]
+    spectra = adapter_spectra(adapter_of(*modules), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    for m, s in zip(modules, spectra.spectra, strict=True):
+        dense = m.scaling * (m.B.double() @ m.A.double())  # (out, r) @ (r, in) -> (out, in)
+        expected = torch.linalg.svdvals(dense).numpy()[: m.r]
+        got = s.sigma[: expected.shape[0]]
+        np.testing.assert_allclose(got, expected, rtol=1e-4 if dtype != torch.float64 else 1e-10)
+        assert s.r == m.r and np.all(np.diff(s.sigma) <= 1e-12)
+
+
+def test_adapter_spectra_falls_back_on_near_dependent_factors():
+    g = torch.Generator().manual_seed(1)
+    # B nearly rank 2 + tiny noise: the Gram route would lose the small singular values.
+    B = torch.randn(256, 2, generator=g) @ torch.randn(2, 16, generator=g) + 1e-4 * torch.randn(256, 16, generator=g)
+    A = torch.randn(16, 128, generator=g)
+    spectra = adapter_spectra(adapter_of(LoraModule("m", A, B, 1.0)))
+    expected = torch.linalg.svdvals(B.double() @ A.double()).numpy()[:16]
+    assert spectra.n_fallback == 1
+    np.testing.assert_allclose(spectra.spectra[0].sigma, expected, rtol=1e-4)
+
+
+def test_spectrum_metrics_known_answers(chosen_factors):
+    B, A, sigma = chosen_factors
+    s = adapter_spectra(adapter_of(LoraModule("m", A, B, 1.0))).spectra[0]
+    assert s.energy == pytest.approx(16 + 4 + 1 + 0.25, rel=1e-5)
+    assert s.sigma_max == pytest.approx(4.0, rel=1e-6)
+    assert s.stable_rank == pytest.approx(21.25 / 16, rel=1e-5)
+    p = np.array(sigma) / sum(sigma)
+    assert s.effective_rank == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)
+
+
+def test_truncated_factors_are_the_best_rank_k_approximation(chosen_factors):
+    B, A, _ = chosen_factors
+    module = LoraModule("m", A, B, 2.0)
+    B_k, A_k = truncated_factors(module, 2)
+    dense = 2.0 * (B.double() @ A.double())
+    U, S, Vh = torch.linalg.svd(dense)
+    best = U[:, :2] @ torch.diag(S[:2]) @ Vh[:2]  # (out, 2) @ (2, 2) @ (2, in)
+    torch.testing.assert_close(B_k @ A_k, best, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(B_k.norm(dim=0), A_k.norm(dim=1))  # balanced: sqrt(S) on both sides
+    with pytest.raises(ValueError, match="k must be in"):
+        truncated_factors(module, 5)
+
+
+def test_adapter_spectra_rejects_unknown_device():
+    with pytest.raises(ValueError, match="device"):
+        adapter_spectra(adapter_of(), device="tpu")
+
+
+@pytest.mark.gpu
+def test_adapter_spectra_on_cuda_matches_cpu(chosen_factors):
+    B, A, _ = chosen_factors
+    adapter = adapter_of(LoraModule("m", A, B, 1.0))
+    on_gpu = adapter_spectra(adapter, device="cuda").spectra[0].sigma
+    np.testing.assert_allclose(on_gpu, adapter_spectra(adapter, device="cpu").spectra[0].sigma, rtol=1e-5)
