@@ -1,0 +1,49 @@
+"""CLI: each command on a real adapter; user errors are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from analysis.__main__ import main
+from analysis.adapters import load_adapter
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_info_spectra_sweep(capsys, tiny_peft_dir):
+    code, out, _ = run(capsys, "info", str(tiny_peft_dir))
+    assert code == 0 and "modules      13" in out
+    code, out, _ = run(capsys, "spectra", str(tiny_peft_dir), "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 13 and len(rows[0]["sigma"]) == 8
+    code, out, _ = run(capsys, "sweep", str(tiny_peft_dir), "--csv", "--points", "11")
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(table) == 11 and float(table[-1]["energy_kept"]) == 1.0
+
+
+def test_cli_compress_writes_a_loadable_adapter(capsys, tmp_path, tiny_peft_dir):
+    code, out, _ = run(
+        capsys, "compress", str(tiny_peft_dir), "--params-fraction", "0.5", "--out", str(tmp_path / "o")
+    )
+    assert code == 0 and "wrote" in out
+    assert load_adapter(tmp_path / "o").n_params <= 0.5 * load_adapter(tiny_peft_dir).n_params
+
+
+def test_cli_user_errors_are_one_line(capsys, tmp_path, tiny_peft_dir):
+    cases = [
+        ("info", str(tmp_path / "missing")),
+        ("compress", str(tiny_peft_dir), "--relative", "2", "--out", str(tmp_path / "o")),
+        ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", str(tiny_peft_dir)),
+        ("compress", str(tiny_peft_dir), "--energy", "0.9", "--format", "kohya", "--out", str(tmp_path / "k")),
+    ]
+    for argv in cases:
+        code, out, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
