@@ -154,11 +154,12 @@ def compress_adapter(
     tensors.update({key: t.contiguous() for key, t in adapter.extra_tensors.items()})
     config: dict[str, Any] = {}
     if format == "peft":
-        config = _peft_config(adapter, allocation)
+        config = peft_config(adapter, allocation)
     return CompressedAdapter(format, config, tensors, rank_report(adapter, allocation), allocation, adapter.source)
 
 
-def _peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
+def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
+    """The adapter_config.json of a PEFT export (cheap: no factors are computed)."""
     config = {k: v for k, v in adapter.config.items() if k not in ADALORA_FIELDS and k != "kohya_metadata"}
     kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
     dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]

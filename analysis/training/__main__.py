@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from analysis.training.data import TASKS
 from analysis.training.lora import TrainConfig
-from analysis.training.runs import RunSpec, read_metrics, run_status, train_run
+from analysis.training.records import list_runs
+from analysis.training.runs import RunSpec, train_run
 
 METHODS = ("lora",)
 
@@ -47,10 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.close()
             print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
         else:
-            for run in sorted(p for p in Path(args.folder).iterdir() if (p / "status").is_file()):
-                status = run_status(run)
-                acc = f"{read_metrics(run)['test']['accuracy']:.4f}" if status == "finished" else "-"
-                print(f"{run.name:<40} {status:<9} test accuracy {acc}")
+            for run in list_runs(args.folder):
+                acc = f"{run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
+                print(f"{run.name:<40} {run.status:<9} test accuracy {acc}")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +109,3 @@ def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = 
         shutil.rmtree(failed, ignore_errors=True)
         tmp.rename(failed)
         raise
-
-
-def run_status(run: str | Path) -> str:
-    """ "finished", "failed", "running" or "unknown" for a run folder."""
-    file = Path(run) / "status"
-    return file.read_text().strip() if file.is_file() else "unknown"
-
-
-def read_metrics(run: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run) / "metrics.json").read_text())
-
-
-ProgressFn = Callable[[int, int, float], None]

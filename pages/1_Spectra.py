@@ -1,0 +1,54 @@
+"""Spectra: per-module singular value curves, a layer x module-type heat map, and the module table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from analysis.figures import module_heatmap_figure, spectra_figure, spectra_rows
+from pages.shared.widgets import adapter_or_stop, show_adapter_banner
+
+st.set_page_config(page_title="Spectra · LoRA Rank Lab", layout="wide")
+st.title("Spectra")
+adapter, spectra = adapter_or_stop()
+show_adapter_banner(adapter)
+
+table = pd.DataFrame(spectra_rows(spectra))
+types = list(dict.fromkeys(table["type"]))
+layers = sorted(int(x) for x in table["layer"].dropna().unique())
+
+left, right = st.columns(2)
+chosen_types = left.multiselect("Module types", types, default=types)
+layer_range = (
+    right.slider("Layers", layers[0], layers[-1], (layers[0], layers[-1]))
+    if len(layers) > 1
+    else (layers[0], layers[0])
+    if layers
+    else None
+)
+shown = table[table["type"].isin(chosen_types)]
+if layer_range is not None:
+    in_range = shown["layer"].between(*layer_range) | shown["layer"].isna()
+    shown = shown[in_range]
+st.plotly_chart(spectra_figure(spectra, list(shown["module"])), width="stretch")
+
+METRICS = {
+    "σ_max": "sigma_max",
+    "Energy share": "energy_share",
+    "Effective rank": "effective_rank",
+    "Stable rank": "stable_rank",
+}
+metric = st.selectbox("Heat map metric", list(METRICS))
+values = dict(zip(table["module"], table[METRICS[metric]], strict=True))
+st.plotly_chart(module_heatmap_figure(values, f"{metric} per module", metric), width="stretch")
+
+st.subheader("Modules")
+st.dataframe(
+    shown,
+    hide_index=True,
+    width="stretch",
+    column_config={"energy_share": st.column_config.NumberColumn("energy share", format="percent")},
+)
+st.download_button(
+    "Download table (CSV)", shown.to_csv(index=False), file_name="spectra.csv", mime="text/csv", on_click="ignore"
+)

@@ -1,0 +1,87 @@
+"""PARA: drag one global threshold and see the rank map, savings and error at once; export the result."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from analysis.adapters import AdapterError
+from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, peft_config, save_adapter
+from analysis.figures import rank_heatmap_figure, sweep_figure
+from analysis.para import allocate_ranks
+from pages.shared import cache
+from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT
+from pages.shared.widgets import adapter_or_stop, cut_ui, show_adapter_banner, show_cut_metrics
+
+st.set_page_config(page_title="PARA · LoRA Rank Lab", layout="wide")
+st.title("PARA: one global cut")
+adapter, spectra = adapter_or_stop()
+show_adapter_banner(adapter)
+st.markdown(
+    "Every module's effective singular values are pooled and cut at one threshold τ: component *i* of module "
+    "*m* is kept iff `s_m·σ_m,i ≥ τ`. Modules whose updates are weak lose more rank. The slider units are all "
+    "positions in the same sorted list."
+)
+
+index = cache.cached_para_index(adapter.fingerprint, spectra)
+value, unit, min_rank = cut_ui(index)
+allocation = allocate_ranks(index, value, unit, min_rank=min_rank)
+bytes_per_param = adapter.modules[0].A.element_size() if adapter.modules else 4
+show_cut_metrics(allocation, bytes_per_param)
+
+left, right = st.columns([3, 2])
+left.plotly_chart(rank_heatmap_figure(allocation), width="stretch")
+right.plotly_chart(sweep_figure(cache.cached_sweep(adapter.fingerprint, index), allocation), width="stretch")
+
+changed = pd.DataFrame(
+    {
+        "module": allocation.names,
+        "rank": allocation.ranks,
+        "of": allocation.original_ranks,
+        "energy kept": allocation.module_energy_kept,
+        "relative error": allocation.module_rel_error,
+    }
+)
+changed = changed[changed["rank"] < changed["of"]]
+st.subheader(f"Modules whose rank changed ({len(changed)} of {len(allocation.names)})")
+st.dataframe(
+    changed,
+    hide_index=True,
+    width="stretch",
+    column_config={"energy kept": st.column_config.NumberColumn(format="percent")},
+)
+
+st.subheader("Export")
+formats = ["peft", "kohya"] if adapter.format == "kohya" else ["peft"]
+export_format = st.radio("Format", formats, horizontal=True)
+download, save = st.columns(2)
+download.download_button(
+    "Download compressed adapter (.zip)",
+    data=lambda: adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)),
+    file_name="para-adapter.zip",
+    mime="application/zip",
+    on_click="ignore",
+    type="primary",
+)
+target = save.text_input("Or save to a folder on the server", key=KEY_EXPORT_DIR, placeholder="/path/to/new/folder")
+overwrite = save.checkbox("Replace a non-empty folder")
+if save.button("Save", disabled=not target):
+    try:
+        folder = save_adapter(compress_adapter(adapter, allocation, format=export_format), target, overwrite=overwrite)
+        check = check_round_trip(adapter, allocation, folder)
+        st.session_state[KEY_EXPORT_RESULT] = (str(folder), check.max_rel_error, check.is_ok)
+    except (ValueError, FileExistsError, OSError, AdapterError) as err:
+        st.session_state.pop(KEY_EXPORT_RESULT, None)
+        st.error(str(err))
+if result := st.session_state.get(KEY_EXPORT_RESULT):
+    folder, max_error, is_ok = result
+    if is_ok:
+        st.success(f"Saved to `{folder}`. Round-trip check passed (max relative error {max_error:.2e}).")
+    else:
+        st.error(f"Saved to `{folder}`, but the round-trip check failed (max relative error {max_error:.2e}).")
+if export_format == "peft":
+    config = peft_config(adapter, allocation)
+    with st.expander("rank_pattern of this export (alpha_pattern is the same: scale 1)"):
+        st.code(json.dumps(config.get("rank_pattern", {}), indent=1), language="json")

@@ -1,0 +1,13 @@
+"""Session-state keys: one constant per key, never bare strings in pages."""
+
+KEY_ADAPTER = "adapter"  # the current LoraAdapter (shared read-only object from the cache)
+KEY_LOAD_ERROR = "load_error"  # last loader message, shown until the next successful load
+KEY_SOURCE = "adapter_source"  # "sample" | "folder" | "upload"
+KEY_SAMPLE = "sample_choice"
+KEY_FOLDER = "folder_path"
+KEY_UPLOAD = "upload"
+KEY_CUT_UNIT = "cut_unit"
+KEY_CUT_VALUE = "cut_value"  # prefix; the unit is appended so each unit keeps its own slider
+KEY_MIN_RANK = "min_rank"
+KEY_EXPORT_DIR = "export_dir"
+KEY_EXPORT_RESULT = "export_result"

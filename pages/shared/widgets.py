@@ -1,0 +1,134 @@
+"""Widgets (`*_ui`, return values) and renderers (`show_*`) shared by the pages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import streamlit as st
+
+from analysis.adapters import AdapterError, LoraAdapter
+from analysis.para import CutUnit, ParaIndex, RankAllocation
+from analysis.spectra import AdapterSpectra
+from pages.shared import cache
+from pages.shared.state import KEY_ADAPTER, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_LOAD_ERROR, KEY_MIN_RANK
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES_DIR = ROOT / "sample_adapters"
+DEFAULT_SAMPLE = "minilm-bbc-topic-lora-r32"
+UPLOAD_LIMIT_MB = 1024
+
+# Slider unit label -> (cut unit, how the slider value maps to the library's value).
+CUT_LABELS: dict[str, CutUnit] = {
+    "Energy kept (%)": "energy",
+    "Parameter budget (%)": "params_fraction",
+    "Threshold τ (log scale)": "tau",
+    "Relative threshold τ / σ_max": "relative",
+    "Mean rank": "mean_rank",
+}
+
+
+def bundled_samples() -> dict[str, Path]:
+    """Every adapter under sample_adapters/ (a PEFT folder, a run record's adapter/, or a .safetensors)."""
+    samples = {}
+    if not SAMPLES_DIR.is_dir():
+        return samples
+    for entry in sorted(SAMPLES_DIR.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if (entry / "adapter_config.json").is_file() or (entry / "adapter" / "adapter_config.json").is_file():
+            samples[entry.name] = entry
+        elif entry.suffix == ".safetensors":
+            samples[entry.stem] = entry
+    return samples
+
+
+def is_sample(adapter: LoraAdapter, sample: Path) -> bool:
+    """Whether `adapter` was loaded from the bundled `sample` (a folder or a run record's adapter/)."""
+    source = Path(adapter.source).resolve()
+    return source in (sample.resolve(), (sample / "adapter").resolve())
+
+
+def load_path(path: str | Path) -> LoraAdapter:
+    """Load through the cache; raises AdapterError with the loader's one-line message."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AdapterError(f"{path}: no such file or folder on the server; check the path")
+    return cache.cached_adapter(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def set_adapter(load) -> bool:
+    """Run `load()`; on success make it the session's adapter, on AdapterError keep the previous one."""
+    try:
+        adapter = load()
+    except AdapterError as err:
+        st.session_state[KEY_LOAD_ERROR] = str(err)
+        return False
+    st.session_state[KEY_ADAPTER] = adapter
+    st.session_state.pop(KEY_LOAD_ERROR, None)
+    return True
+
+
+def current_adapter() -> LoraAdapter | None:
+    """The session's adapter; on a first visit the default bundled sample."""
+    if KEY_ADAPTER not in st.session_state:
+        samples = bundled_samples()
+        if samples:
+            first = samples.get(DEFAULT_SAMPLE, next(iter(samples.values())))
+            set_adapter(lambda: load_path(first))
+    return st.session_state.get(KEY_ADAPTER)
+
+
+def adapter_or_stop() -> tuple[LoraAdapter, AdapterSpectra]:
+    """The current adapter and its cached spectra; stops the page with a hint when there is none."""
+    adapter = current_adapter()
+    if adapter is None:
+        st.info("No adapter loaded. Pick one on the Home page.")
+        st.stop()
+    return adapter, cache.cached_spectra(adapter.fingerprint, adapter)
+
+
+def show_adapter_banner(adapter: LoraAdapter) -> None:
+    st.caption(f"Adapter: `{adapter.source}` · {adapter.format} · {len(adapter.modules)} modules")
+
+
+def cut_ui(index: ParaIndex, *, key: str = "") -> tuple[float, CutUnit, int]:
+    """Unit picker, one slider in that unit, and the min-rank option; returns (value, unit, min_rank)."""
+    left, right = st.columns([3, 1])
+    label = left.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key)
+    min_rank = right.radio("Minimum rank", [0, 1], horizontal=True, key=KEY_MIN_RANK + key)
+    unit = CUT_LABELS[label]
+    slider_key = f"{KEY_CUT_VALUE}{key}-{unit}"
+    if unit == "energy":
+        value = st.slider("Energy kept (%)", 1.0, 100.0, 90.0, 0.1, key=slider_key) / 100
+    elif unit == "params_fraction":
+        value = st.slider("LoRA parameters kept (%)", 0.0, 100.0, 25.0, 0.5, key=slider_key) / 100
+    elif unit == "relative":
+        value = st.slider("τ / σ_max", 0.0, 1.0, 0.1, 0.001, format="%.3f", key=slider_key)
+    elif unit == "mean_rank":
+        r_max = float(max(index.original_ranks, default=1))
+        value = st.slider("Mean rank over modules", 0.0, r_max, min(8.0, r_max), 0.25, key=slider_key)
+    else:
+        positive = index.values[index.values > 0]
+        low = math.floor(math.log10(positive[-1]) * 20) / 20 if positive.size else -3.0
+        high = math.ceil(math.log10(index.sigma_max) * 20) / 20 if positive.size else 0.0
+        start = min(max(math.log10(index.sigma_max * 0.1) if positive.size else low, low), high)
+        exponent = st.slider("log10 τ", low, high, round(start, 2), 0.01, format="%.2f", key=slider_key)
+        value = 10**exponent
+    return value, unit, int(min_rank)
+
+
+def show_cut_metrics(allocation: RankAllocation, bytes_per_param: int) -> None:
+    """The cut in every unit plus parameter and size savings."""
+    a = allocation
+    saved = 1 - a.params_fraction
+    row = st.columns(4)
+    row[0].metric("LoRA params", f"{a.n_params_after:,}", f"of {a.n_params_before:,}", delta_color="off")
+    row[1].metric("Params saved", f"{saved:.1%}")
+    row[2].metric("Size saved", f"{(a.n_params_before - a.n_params_after) * bytes_per_param / 1e6:.2f} MB")
+    row[3].metric("Energy kept", f"{a.energy_kept:.2%}")
+    row = st.columns(4)
+    row[0].metric("τ", f"{a.tau:.4g}")
+    row[1].metric("τ / σ_max", f"{a.relative_tau:.4f}")
+    row[2].metric("Mean rank", f"{a.mean_rank:.2f}")
+    row[3].metric("Relative error ‖ΔW−ΔWₖ‖/‖ΔW‖", f"{a.rel_error:.4f}")

@@ -1,0 +1,114 @@
+"""Streamlit pages through AppTest on the bundled sample: render, slider, bad input, export, many sessions."""
+
+from __future__ import annotations
+
+import pytest
+from peft import PeftModel
+from streamlit.testing.v1 import AppTest
+
+from analysis.adapters import load_adapter
+from tests.builders import make_peft_dir, tiny_bert
+
+TIMEOUT = 120
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def percent(text: str) -> float:
+    return float(text.rstrip("%"))
+
+
+@pytest.fixture
+def home() -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
+def test_home_opens_on_the_bundled_sample(home):
+    assert metric(home, "Modules") == "36"
+    assert metric(home, "Format") == "PEFT"
+    assert any("minilm-bbc-topic-lora-r32" in m.value for m in home.markdown)
+
+
+@pytest.mark.parametrize("page", ["pages/1_Spectra.py", "pages/2_PARA.py", "pages/3_Compare.py", "pages/4_Train.py"])
+def test_every_page_renders_the_default_sample(home, page):
+    home.switch_page(page).run()
+    assert not home.exception, page
+
+
+def test_para_slider_moves_savings_in_the_expected_direction(home):
+    home.switch_page("pages/2_PARA.py").run()
+    at90 = percent(metric(home, "Params saved"))
+    home.slider[0].set_value(99.0).run()
+    at99 = percent(metric(home, "Params saved"))
+    home.slider[0].set_value(50.0).run()
+    at50 = percent(metric(home, "Params saved"))
+    assert not home.exception
+    assert at99 < at90 < at50  # keeping more energy saves fewer parameters
+
+
+def test_para_units_switch_and_agree(home):
+    home.switch_page("pages/2_PARA.py").run()
+    home.selectbox[0].set_value("Parameter budget (%)").run()
+    home.slider[0].set_value(25.0).run()
+    assert percent(metric(home, "Params saved")) >= 75.0
+    home.selectbox[0].set_value("Threshold τ (log scale)").run()
+    assert not home.exception and home.slider[0].label == "log10 τ"
+
+
+def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(tmp_path / "missing")).run()
+    home.button[0].click().run()
+    assert not home.exception
+    assert "no such file or folder" in home.error[0].value
+    assert metric(home, "Modules") == "36"  # the sample is still loaded
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    home.text_input[0].input(str(broken)).run()
+    home.button[0].click().run()
+    assert "not valid JSON" in home.error[0].value and metric(home, "Modules") == "36"
+
+
+def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
+    source = make_peft_dir(tmp_path / "tiny")
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(source)).run()
+    home.button[0].click().run()
+    assert metric(home, "Modules") == "13"
+    home.switch_page("pages/2_PARA.py").run()
+    home.slider[0].set_value(80.0).run()
+    out = tmp_path / "exported"
+    home.text_input(key="export_dir").input(str(out)).run()
+    next(b for b in home.button if b.label == "Save").click().run()
+    assert not home.exception
+    assert "Round-trip check passed" in home.success[0].value
+    exported = load_adapter(out)
+    assert exported.n_params < load_adapter(source).n_params
+    PeftModel.from_pretrained(tiny_bert(), out)
+
+
+def test_many_sessions_keep_their_own_adapter_and_cut(tmp_path):
+    """Four sessions, interleaved step by step, share the caches but never each other's state."""
+    folders = [make_peft_dir(tmp_path / f"a{i}", r=4 + 2 * i, seed=i) for i in range(3)]
+    sessions = [AppTest.from_file("../app.py", default_timeout=TIMEOUT).run() for _ in range(4)]
+    for i, at in enumerate(sessions[:3]):
+        at.radio[0].set_value("Folder on the server").run()
+        at.text_input[0].input(str(folders[i])).run()
+    for at in sessions[:3]:
+        at.button[0].click().run()
+    for i, at in enumerate(sessions):
+        at.switch_page("pages/2_PARA.py").run()
+        at.slider[0].set_value(60.0 + 10 * i).run()
+    results = []
+    for i, at in enumerate(sessions):
+        at.run()  # rerun after every other session moved its own slider
+        expected = str(folders[i]) if i < 3 else "minilm-bbc-topic-lora-r32"
+        assert expected in at.caption[0].value, (i, at.caption[0].value)
+        assert at.slider[0].value == 60.0 + 10 * i
+        results.append(metric(at, "LoRA params"))
+    assert len(set(results)) == 4
