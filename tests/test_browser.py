@@ -1,0 +1,117 @@
+"""End to end in a real browser: `streamlit run` on loopback, driven by Playwright in Debian's Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy within 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def wait_idle(page) -> None:
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    page.wait_for_timeout(300)
+
+
+def metric_value(page, label: str) -> str:
+    box = page.locator("[data-testid='stMetric']", has_text=label).first
+    return box.locator("[data-testid='stMetricValue']").inner_text()
+
+
+def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server)
+    wait_idle(page)
+    assert "LoRA Rank Lab" in page.locator("h1").first.inner_text()
+    assert metric_value(page, "Modules") == "36"
+    for label, heading in [("Spectra", "Spectra"), ("Compare", "Compare allocations"), ("Train", "Training runs")]:
+        page.locator("[data-testid='stSidebarNav'] a", has_text=label).first.click()
+        wait_idle(page)
+        assert heading in page.locator("h1").first.inner_text()
+    page.locator("[data-testid='stSidebarNav'] a", has_text="PARA").first.click()
+    wait_idle(page)
+    before = metric_value(page, "Params saved")
+    thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
+    thumb.focus()
+    for _ in range(50):
+        thumb.press("ArrowRight")  # +5 percentage points of energy kept
+    wait_idle(page)
+    after = metric_value(page, "Params saved")
+    assert float(after.rstrip("%")) < float(before.rstrip("%"))
+    with page.expect_download() as info:
+        page.locator("[data-testid='stDownloadButton'] button").first.click()
+    data = Path(info.value.path()).read_bytes()
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(names)
+    page.close()
+
+
+def test_browser_sessions_are_independent(server, browser):
+    pages = [browser.new_context().new_page() for _ in range(4)]
+    for page in pages:
+        page.goto(f"{server}/PARA")
+    for page in pages:
+        wait_idle(page)
+    thumb = pages[0].locator("[data-testid='stSlider'] input[type='range']").first
+    thumb.focus()
+    for _ in range(100):
+        thumb.press("ArrowLeft")
+    wait_idle(pages[0])
+    values = [metric_value(p, "Params saved") for p in pages]
+    assert values[0] != values[1] and len(set(values[1:])) == 1
