@@ -7,7 +7,6 @@ unpickler) and nothing here imports streamlit or prints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from analysis.safe_io import AdapterError, extracted_zip, read_pickled_tensors, read_safetensors
+from analysis.safe_io import AdapterError, content_digest, extracted_zip, read_pickled_tensors, read_safetensors
 
 __all__ = ["AdapterError", "LoraAdapter", "LoraModule", "load_adapter"]
 
@@ -187,12 +186,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _fingerprint(files: list[Path], config: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for file in files:
-        with file.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
+def _fingerprint(buffer: Any, config: Mapping[str, Any]) -> str:
+    """Content hash of the weights bytes and the canonical config: the cache key."""
+    return content_digest(buffer, json.dumps(config, sort_keys=True, default=str).encode())
 
 
 def _pattern_value(pattern: Mapping[str, Any], name: str) -> tuple[str, Any] | None:
@@ -217,7 +213,8 @@ def _split_keys(tensors: Mapping[str, torch.Tensor], regex: re.Pattern, strip: s
 
 
 def _check_finite(file: Path, modules: list[LoraModule]) -> None:
-    bad = [m.name for m in modules if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all())]
+    # A float64 sum is NaN/Inf iff some value is (float32 values cannot overflow it), and allocates nothing.
+    bad = [m.name for m in modules if not all(torch.isfinite(t.sum(dtype=torch.float64)) for t in (m.A, m.B))]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise AdapterError(
@@ -264,8 +261,9 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
         raise AdapterError(f"{folder}: missing adapter_model.safetensors (or .bin); put the weights beside the config")
     if weights.suffix == ".bin":
         tensors = read_pickled_tensors(weights)
+        buffer = weights.read_bytes()
     else:
-        tensors, _ = read_safetensors(weights, in_memory=in_memory)
+        tensors, _, buffer = read_safetensors(weights, in_memory=in_memory)
     is_adalora = str(config.get("peft_type")).upper() == "ADALORA"
     parts, extra = _split_keys(tensors, PEFT_KEY, PEFT_PREFIX)
     if not parts:
@@ -279,7 +277,7 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
         )
     return LoraAdapter(
         source=str(folder),
-        fingerprint=_fingerprint([weights], config),
+        fingerprint=_fingerprint(buffer, config),
         format="adalora" if is_adalora else "peft",
         config=config,
         modules=tuple(modules),
@@ -339,7 +337,7 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
 
 def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
     """kohya / diffusers single-file LoRA: `<name>.lora_down/up.weight` (or lora_A/B) and `<name>.alpha`."""
-    tensors, metadata = read_safetensors(file, in_memory=in_memory)
+    tensors, metadata, buffer = read_safetensors(file, in_memory=in_memory)
     if any(k.startswith(PEFT_PREFIX) for k in tensors):
         raise AdapterError(
             f"{file}: PEFT weights with no {CONFIG_NAME} beside them (the scale is unknown); copy the config there"
@@ -362,7 +360,7 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
     config = {"kohya_metadata": metadata}
     return LoraAdapter(
         source=str(file),
-        fingerprint=_fingerprint([file], config),
+        fingerprint=_fingerprint(buffer, config),
         format="kohya",
         config=config,
         modules=tuple(modules),

@@ -110,28 +110,43 @@ def pick_device(device: DeviceName = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _qr_core_svdvals(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """Singular values of B @ A from R factors only; B (n, out, r), A (n, r, in) -> (n, min(...))."""
-    R_B = torch.linalg.qr(B, mode="r").R  # (n, min(out, r), r)
-    R_A = torch.linalg.qr(A.transpose(-1, -2), mode="r").R  # (n, min(in, r), r)
-    return torch.linalg.svdvals(R_B @ R_A.transpose(-1, -2))  # (n, min(out,r), r) @ (n, r, min(in,r))
+def _qr_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor:
+    """Singular values of each B @ A in float64 from R factors only: R_B R_A^T is the r x r core."""
+    out = []
+    for m in modules:
+        R_B = torch.linalg.qr(m.B.to(device, torch.float64), mode="r").R  # (min(out, r), r)
+        R_A = torch.linalg.qr(m.A.T.to(device, torch.float64), mode="r").R  # (min(in, r), r)
+        sigma = torch.linalg.svdvals(R_B @ R_A.T)  # (p, r) @ (r, q) -> (p, q)
+        out.append(torch.nn.functional.pad(sigma, (0, m.r - sigma.shape[0])).cpu())  # zero-pad to r
+    return torch.stack(out)
 
 
-def _gram_svdvals(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values of B @ A via Cholesky factors of the r x r Grams, and a per-module error estimate.
+def _grams(modules: list[LoraModule], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked r x r Grams B^T B and A A^T, one module at a time (no (n, out, r) copy of the factors)."""
+    G_B, G_A = [], []
+    for m in modules:
+        B = m.B.to(device, dtype)
+        A = m.A.to(device, dtype)
+        G_B.append(B.T @ B)  # (r, out) @ (out, r) -> (r, r)
+        G_A.append(A @ A.T)  # (r, in) @ (in, r) -> (r, r)
+    return torch.stack(G_B), torch.stack(G_A)  # (n, r, r) each
+
+
+def _gram_svdvals(G_B: torch.Tensor, G_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values of B @ A from its r x r Grams via their Cholesky factors, and an error estimate.
+
+    With B^T B = L_B L_B^T and A A^T = L_A L_A^T, the singular values of B A are those of L_B^T L_A.
 
     Returns:
-        (sigma (n, r), estimated relative error of the smallest kept value (n,); inf where Cholesky failed).
+        (sigma (n, r), estimated relative error of the smallest value (n,); inf where Cholesky failed).
     """
-    G_B = B.transpose(-1, -2) @ B  # (n, r, out) @ (n, out, r) -> (n, r, r)
-    G_A = A @ A.transpose(-1, -2)  # (n, r, in) @ (n, in, r) -> (n, r, r)
     L_B, info_B = torch.linalg.cholesky_ex(G_B)
     L_A, info_A = torch.linalg.cholesky_ex(G_A)
     sigma = torch.linalg.svdvals(L_B.transpose(-1, -2) @ L_A)  # (n, r, r) @ (n, r, r) -> (n, r)
     # Error estimate: eps times the condition numbers of the diagonally scaled Grams, read off the Cholesky
     # diagonals (L_s = D^-1/2 L). It tracks the measured error within ~15x on graded, random and
     # near-dependent factors (see tests/test_spectra.py); graded spectra alone do not trigger it.
-    eps = torch.finfo(B.dtype).eps
+    eps = torch.finfo(G_B.dtype).eps
     s_B = L_B.diagonal(dim1=-2, dim2=-1) / G_B.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
     s_A = L_A.diagonal(dim1=-2, dim2=-1) / G_A.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
     err = eps * (s_B.amin(-1) ** -2 + s_A.amin(-1) ** -2)
@@ -166,20 +181,18 @@ def adapter_spectra(
     sigmas: list[np.ndarray | None] = [None] * len(adapter.modules)
     n_fallback = 0
     for (out_f, in_f, r), idx in groups.items():
-        # (n, out, r) and (n, r, in), upcast from the file's dtype on the target device.
-        B = torch.stack([adapter.modules[i].B for i in idx]).to(dev, dtype)
-        A = torch.stack([adapter.modules[i].A for i in idx]).to(dev, dtype)
+        group = [adapter.modules[i] for i in idx]
         if r == 0:
             values = torch.zeros(len(idx), 0, dtype=torch.float64)
         elif dtype == torch.float64 or r > min(out_f, in_f):
-            values = _qr_core_svdvals(B.double(), A.double()).cpu()
+            values = _qr_svdvals(group, dev)
         else:
-            values, err = _gram_svdvals(B, A)
+            values, err = _gram_svdvals(*_grams(group, dev, dtype))
             values = values.double().cpu()
-            bad = (err > GRAM_REL_TOL).nonzero().flatten().cpu()
-            if bad.numel():
-                n_fallback += int(bad.numel())
-                values[bad] = _qr_core_svdvals(B[bad].double(), A[bad].double()).cpu()
+            bad = (err > GRAM_REL_TOL).nonzero().flatten().tolist()
+            if bad:
+                n_fallback += len(bad)
+                values[bad] = _qr_svdvals([group[i] for i in bad], dev)
         scales = torch.tensor([abs(adapter.modules[i].scaling) for i in idx], dtype=torch.float64)
         values = values * scales[:, None]  # (n, k) effective sigma
         for row, i in enumerate(idx):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from analysis.training.data import TASKS
 from analysis.training.lora import TrainConfig
@@ -26,6 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("evaluate", help="accuracy of a run or adapter folder on a task's held-out split")
+    p.add_argument("adapter", help="run folder or PEFT adapter folder")
+    p.add_argument("--task", choices=TASKS, default=None, help="default: the run's task")
+    p.add_argument("--split", choices=["test", "validation"], default="test")
+    p = sub.add_parser("para-curve", help="test accuracy of PARA cuts of a run at several parameter budgets")
+    p.add_argument("runs", nargs="+", help="fixed-rank run folders")
+    p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
     p = sub.add_parser("list", help="list runs under a folder")
     p.add_argument("folder", nargs="?", default="sample_adapters")
     args = parser.parse_args(argv)
@@ -46,6 +54,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = train_run(RunSpec(args.method, args.task, config), args.out, on_step=on_step)
             bar.close()
             print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
+        elif args.command == "evaluate":
+            from analysis.training.evaluate import evaluate_adapter, task_for_run
+
+            result = evaluate_adapter(args.adapter, args.task or task_for_run(args.adapter), split=args.split)
+            print(
+                f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f}, {result.n_lora_params:,} params"
+            )
+        elif args.command == "para-curve":
+            from analysis.training.evaluate import para_accuracy_curve
+
+            fractions = [float(x) for x in args.fractions.split(",")]
+            print(
+                "| run | params kept | LoRA params | test accuracy | test loss |\n| --- | ---: | ---: | ---: | ---: |"
+            )
+            for run in args.runs:
+                for fraction, ev in para_accuracy_curve(run, fractions):
+                    cells = [Path(run).name, f"{fraction:.0%}", f"{ev.n_lora_params:,}", f"{ev.accuracy:.2%}"]
+                    print(f"| {' | '.join(cells)} | {ev.loss:.4f} |")
         else:
             for run in list_runs(args.folder):
                 acc = f"{run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"

@@ -1,0 +1,98 @@
+"""Task accuracy of any adapter (a run, an export, a PARA cut) on a task's held-out split.
+
+The split is the one saved with the run (`splits.json`) when there is one, else the task's fixed seeded
+split. PARA cuts are evaluated by exporting to a temp folder and loading it with peft, exactly as a user
+would deploy them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import PeftModel
+
+from analysis.adapters import load_adapter
+from analysis.export import compress_adapter, save_adapter
+from analysis.para import allocate_ranks, para_index
+from analysis.spectra import adapter_spectra
+from analysis.training.data import TaskData, TaskName, load_task
+from analysis.training.lora import StepCallback, evaluate
+from analysis.training.model import load_minilm
+from analysis.training.runs import ADAPTER_DIR
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+    n_examples: int
+    n_lora_params: int
+
+
+def _adapter_folder(path: Path) -> Path:
+    return path / ADAPTER_DIR if (path / ADAPTER_DIR / "adapter_config.json").is_file() else path
+
+
+def task_for_run(run: str | Path) -> TaskName:
+    """The task a run record was trained on (from its metrics.json)."""
+    metrics = Path(run) / "metrics.json"
+    if not metrics.is_file():
+        raise ValueError(f"{run}: no metrics.json, so the task is unknown; pass --task")
+    return json.loads(metrics.read_text())["task"]
+
+
+def _split(task: TaskData, run: Path | None, split: str):
+    examples = task.split(split)
+    splits_file = run / "splits.json" if run is not None else None
+    if splits_file is not None and splits_file.is_file():
+        by_id = {e.id: e for part in ("train", "validation", "test") for e in task.split(part)}
+        examples = tuple(by_id[i] for i in json.loads(splits_file.read_text())[split])
+    return examples
+
+
+def evaluate_adapter(
+    adapter_path: str | Path,
+    task_name: TaskName,
+    *,
+    split: str = "test",
+    run: str | Path | None = None,
+    on_step: StepCallback | None = None,
+) -> Evaluation:
+    """Accuracy and loss of the adapter at `adapter_path` on `split` (deterministic).
+
+    Args:
+        adapter_path: a PEFT folder (or a run folder holding `adapter/`) whose modules_to_save has the head.
+        task_name: the task; its labels must match the head.
+        split: "test" or "validation".
+        run: the run whose saved split to use (defaults to `adapter_path` if it is a run folder).
+        on_step: progress callback.
+    """
+    path = Path(adapter_path)
+    folder = _adapter_folder(path)
+    run_dir = Path(run) if run is not None else (path if folder != path else None)
+    task = load_task(task_name)
+    model, tokenizer = load_minilm(len(task.labels))
+    peft_model = PeftModel.from_pretrained(model, folder)
+    accuracy, loss = evaluate(peft_model, tokenizer, _split(task, run_dir, split), on_step=on_step)
+    return Evaluation(accuracy, loss, len(task.split(split)), load_adapter(folder).n_params)
+
+
+def para_accuracy_curve(
+    run: str | Path, fractions: Sequence[float], *, split: str = "test", on_step: StepCallback | None = None
+) -> list[tuple[float, Evaluation]]:
+    """Accuracy of PARA cuts of a run's adapter at parameter budgets `fractions` (of its LoRA params)."""
+    run = Path(run)
+    task = task_for_run(run)
+    adapter = load_adapter(_adapter_folder(run))
+    index = para_index(adapter_spectra(adapter))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="para-eval-") as tmp:
+        for i, fraction in enumerate(fractions):
+            allocation = allocate_ranks(index, fraction, "params_fraction")
+            out = save_adapter(compress_adapter(adapter, allocation), Path(tmp) / f"cut{i}")
+            results.append((fraction, evaluate_adapter(out, task, split=split, run=run, on_step=on_step)))
+    return results
