@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.shared import cache
-from pages.shared.state import KEY_FOLDER, KEY_LOAD_ERROR, KEY_SAMPLE, KEY_SOURCE, KEY_UPLOAD
+from pages.shared.state import KEY_FOLDER, KEY_LOAD_ERROR, KEY_SAMPLE, KEY_SOURCE, KEY_UPLOAD, KEY_UPLOAD_DIR
 from pages.shared.widgets import (
     UPLOAD_LIMIT_MB,
     bundled_samples,
@@ -50,14 +50,22 @@ elif source == "Folder on the server":
     if st.button("Load", type="primary", disabled=not folder):
         set_adapter(lambda: load_path(folder))
 else:
-    upload = st.file_uploader(
-        f"A zip of a PEFT adapter folder, or a single kohya / diffusers .safetensors (up to {UPLOAD_LIMIT_MB} MB)",
+    single, folder_upload = st.columns(2)
+    upload = single.file_uploader(
+        f"A zip of a PEFT adapter folder, or a kohya / diffusers .safetensors (up to {UPLOAD_LIMIT_MB} MB)",
         type=["zip", "safetensors"],
         key=KEY_UPLOAD,
     )
-    if upload is not None:
-        data = upload.getvalue()
-        set_adapter(lambda: cache.cached_upload(upload.name, cache.upload_digest(data), data))
+    uploads = folder_upload.file_uploader(
+        "Or a whole adapter folder (adapter_config.json + adapter_model.safetensors)",
+        accept_multiple_files="directory",
+        key=KEY_UPLOAD_DIR,
+    )
+    files = ((upload.name, upload.getvalue()),) if upload is not None else ()
+    if uploads:
+        files = tuple((f.name, f.getvalue()) for f in uploads)
+    if files:
+        set_adapter(lambda: cache.cached_upload(cache.upload_digest(files), files))
 
 if error := st.session_state.get(KEY_LOAD_ERROR):
     st.error(error)

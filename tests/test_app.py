@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 from peft import PeftModel
 from streamlit.testing.v1 import AppTest
@@ -112,3 +115,21 @@ def test_many_sessions_keep_their_own_adapter_and_cut(tmp_path):
         assert at.slider[0].value == 60.0 + 10 * i
         results.append(metric(at, "LoRA params"))
     assert len(set(results)) == 4
+
+
+def test_uploads_zip_and_folder_and_bad_file_keeps_previous(home, tmp_path):
+    source = make_peft_dir(tmp_path / "tiny")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for f in source.iterdir():
+            z.write(f, f"tiny/{f.name}")
+    home.radio[0].set_value("Upload").run()
+    home.file_uploader[0].set_value(("tiny.zip", buffer.getvalue(), "application/zip")).run()
+    assert not home.exception and metric(home, "Modules") == "13"
+    home.file_uploader[0].set_value(("bad.safetensors", b"\x00\x01garbage", "application/octet-stream")).run()
+    assert "truncated safetensors" in home.error[0].value or "header" in home.error[0].value
+    assert metric(home, "Modules") == "13"  # the previous upload stays loaded
+    home.file_uploader[0].set_value(None).run()
+    folder = [(f"tiny/{f.name}", f.read_bytes(), "application/octet-stream") for f in source.iterdir()]
+    home.file_uploader[1].set_value(folder).run()
+    assert not home.exception and metric(home, "Modules") == "13" and not home.error

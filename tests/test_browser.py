@@ -110,8 +110,8 @@ def test_browser_sessions_are_independent(server, browser):
         wait_idle(page)
     thumb = pages[0].locator("[data-testid='stSlider'] input[type='range']").first
     thumb.focus()
-    for _ in range(100):
-        thumb.press("ArrowLeft")
+    for _ in range(30):
+        thumb.press("ArrowLeft")  # -3 percentage points of energy kept, in session 0 only
     wait_idle(pages[0])
     values = [metric_value(p, "Params saved") for p in pages]
     assert values[0] != values[1] and len(set(values[1:])) == 1

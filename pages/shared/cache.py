@@ -24,18 +24,30 @@ def cached_adapter(path: str, mtime_ns: int) -> LoraAdapter:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading upload…")
-def cached_upload(name: str, digest: str, _data: bytes) -> LoraAdapter:
-    """Adapter from uploaded bytes (a zip or a single .safetensors), keyed by content hash."""
-    suffix = Path(name).suffix.lower()
+def cached_upload(digest: str, _files: tuple[tuple[str, bytes], ...]) -> LoraAdapter:
+    """Adapter from uploaded files, keyed by their content hash.
+
+    One file: a zip or a single .safetensors. Several: the files of one adapter folder (by base name).
+    The temp copy is removed at once; the loaded tensors do not depend on it.
+    """
     with tempfile.TemporaryDirectory(prefix="lora-rank-lab-upload-") as tmp:
-        file = Path(tmp) / f"upload{suffix}"
-        file.write_bytes(_data)
-        adapter = load_adapter(file)
-    return adapter
+        if len(_files) == 1:
+            name, data = _files[0]
+            target = Path(tmp) / f"upload{Path(name).suffix.lower()}"
+            target.write_bytes(data)
+        else:
+            target = Path(tmp) / "adapter"
+            target.mkdir()
+            for name, data in _files:
+                (target / Path(name).name).write_bytes(data)  # base names only: no paths from the client
+        return load_adapter(target)
 
 
-def upload_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def upload_digest(files: tuple[tuple[str, bytes], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(Path(name).name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing spectra…")

@@ -6,6 +6,7 @@ KEY_SOURCE = "adapter_source"  # "sample" | "folder" | "upload"
 KEY_SAMPLE = "sample_choice"
 KEY_FOLDER = "folder_path"
 KEY_UPLOAD = "upload"
+KEY_UPLOAD_DIR = "upload_dir"
 KEY_CUT_UNIT = "cut_unit"
 KEY_CUT_VALUE = "cut_value"  # prefix; the unit is appended so each unit keeps its own slider
 KEY_MIN_RANK = "min_rank"
