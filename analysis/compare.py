@@ -1,0 +1,100 @@
+"""Compare rank allocations of different methods at matched parameter budgets (pure; no streamlit).
+
+An allocation here is a mapping module name -> rank (from PARA, or a training run's allocation.json).
+Budget matching picks the PARA cut whose LoRA parameter count is nearest to another method's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.naming import split_module_name
+from analysis.para import ParaIndex, RankAllocation, allocate_at
+
+
+@dataclass(frozen=True)
+class AllocationComparison:
+    """Two allocations over the same modules, aligned by name."""
+
+    names: tuple[str, ...]
+    ranks_a: tuple[int, ...]
+    ranks_b: tuple[int, ...]
+    spearman: float
+    """Spearman rank correlation of per-module ranks (nan if either is constant)."""
+    l1_distance: float
+    """sum |a - b| / sum (a + b), in [0, 1]: 0 identical, 1 disjoint support."""
+    by_type: Mapping[str, tuple[int, int]]
+    """Module type -> (total rank a, total rank b)."""
+    by_layer: Mapping[int | None, tuple[int, int]]
+    """Layer index -> (total rank a, total rank b)."""
+
+
+def match_budget(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> RankAllocation:
+    """The PARA cut whose parameter count is nearest to `n_params` (within one component's cost).
+
+    Args:
+        index: the fixed-rank adapter's PARA index.
+        n_params: the other method's LoRA parameter count.
+        min_rank: as in `allocate_ranks`.
+
+    Returns:
+        The allocation; its `n_params_after` is the achievable count nearest the target.
+    """
+    if n_params < 0:
+        raise ValueError(f"n_params must be >= 0, got {n_params}")
+    p = int(np.searchsorted(index.cum_params, n_params, side="right")) - 1  # largest cut within the budget
+    candidates = [allocate_at(index, q, min_rank=min_rank) for q in {p, min(p + 1, index.n_components)}]
+    return min(candidates, key=lambda a: (abs(a.n_params_after - n_params), a.n_params_after))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x with ties given their average rank (for Spearman)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation with average ranks for ties; nan when either side is constant.
+
+    Example: spearman([1, 2, 3], [10, 20, 30]) = 1.0; spearman([1, 2, 3], [3, 2, 1]) = -1.0.
+    """
+    ra, rb = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def compare_allocations(a: Mapping[str, int], b: Mapping[str, int]) -> AllocationComparison:
+    """Align two allocations by module name (a module missing on one side has rank 0 there).
+
+    Example: a = {x: 4, y: 0}, b = {x: 2, y: 2}: L1 = (|4 - 2| + |0 - 2|) / 8 = 0.5.
+    """
+    names = tuple(dict.fromkeys([*a, *b]))
+    ra = np.array([int(a.get(n, 0)) for n in names])
+    rb = np.array([int(b.get(n, 0)) for n in names])
+    total = ra.sum() + rb.sum()
+    by_type: dict[str, list[int]] = {}
+    by_layer: dict[int | None, list[int]] = {}
+    for name, x, y in zip(names, ra, rb, strict=True):
+        layer, kind = split_module_name(name)
+        for table, key in ((by_type, kind), (by_layer, layer)):
+            sums = table.setdefault(key, [0, 0])
+            sums[0] += int(x)
+            sums[1] += int(y)
+    return AllocationComparison(
+        names=names,
+        ranks_a=tuple(int(x) for x in ra),
+        ranks_b=tuple(int(x) for x in rb),
+        spearman=spearman(ra, rb),
+        l1_distance=float(np.abs(ra - rb).sum() / total) if total else 0.0,
+        by_type={k: (v[0], v[1]) for k, v in by_type.items()},
+        by_layer={k: (v[0], v[1]) for k, v in by_layer.items()},
+    )
