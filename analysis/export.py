@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import save as save_safetensors_bytes
+from safetensors.torch import save_file
 
 from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, load_adapter
 from analysis.para import RankAllocation
@@ -182,12 +183,9 @@ def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, A
 
 
 def _write_files(compressed: CompressedAdapter, folder: Path) -> None:
-    metadata = {"format": "pt"}
+    save_file(dict(compressed.tensors), folder / "adapter_model.safetensors", metadata={"format": "pt"})
     if compressed.format == "peft":
-        (folder / "adapter_model.safetensors").write_bytes(save_safetensors_bytes(dict(compressed.tensors), metadata))
         (folder / "adapter_config.json").write_text(json.dumps(compressed.config, indent=2, sort_keys=True) + "\n")
-    else:
-        (folder / "adapter_model.safetensors").write_bytes(save_safetensors_bytes(dict(compressed.tensors), metadata))
     (folder / REPORT_NAME).write_text(compressed.report)
 
 

@@ -183,13 +183,15 @@ def cut_position(index: ParaIndex, value: float, unit: CutUnit = "energy") -> in
         tau = value if unit == "tau" else value * index.sigma_max
         if tau <= 0:
             return n
-        # values are descending: count of values >= tau (ties at tau are kept together).
-        return int(np.searchsorted(-index.values, -tau, side="right"))
+        # values are descending: count of values >= tau (ties at tau are kept together); the 1e-12 relative
+        # slack keeps tau = relative_tau * sigma_max from dropping the value it was computed from.
+        return int(np.searchsorted(-index.values, -tau * (1 - 1e-12), side="right"))
     if unit == "energy":
         p = int(np.searchsorted(index.cum_energy, value * index.total_energy * (1 - 1e-12), side="left"))
         return min(p, n)
     if unit in ("params_fraction", "params"):
-        budget = value * index.n_params_before if unit == "params_fraction" else value
+        # (1 + 1e-12): a fraction read off an allocation must give that allocation back despite rounding
+        budget = value * index.n_params_before * (1 + 1e-12) if unit == "params_fraction" else value
         return int(np.searchsorted(index.cum_params, budget, side="right")) - 1
     if unit == "mean_rank":
         return min(int(np.floor(value * index.n_modules + 1e-9)), n)

@@ -209,15 +209,24 @@ def adapter_spectra(
     return AdapterSpectra(adapter.fingerprint, spectra, str(dev), dtype_name, seconds, n_fallback)
 
 
+# Relative error accepted from the float64 Cholesky route of `truncated_factors` before it falls back to QR.
+FACTORS_REL_TOL = 1e-10
+
+
 def truncated_factors(
     module: LoraModule, k: int, *, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced rank-k factors of `scaling * B @ A` with the scale folded in.
 
+    Computed in float64. Fast route: with B^T B = L_B L_B^T and A A^T = L_A L_A^T (so R_B = L_B^T and
+    R_A = L_A^T are the QR factors' R), the core is L_B^T L_A = U S V^T and
+    B_k = B L_B^-T U_k sqrt(S_k), A_k = sqrt(S_k) V_k^T L_A^-1 A: only r x r solves and two thin products,
+    never Q. Ill-conditioned factors (or r > min(out, in)) take the QR route.
+
     Args:
         module: the module to truncate.
         k: kept rank, 0 <= k <= module.r.
-        dtype: precision of the returned factors (computed in float64 throughout).
+        dtype: dtype of the returned factors.
 
     Returns:
         (B_k, A_k) with shapes (out, k) and (k, in), so B_k @ A_k is the best rank-k approximation
@@ -230,14 +239,39 @@ def truncated_factors(
         raise ValueError(f"k must be in [0, {module.r}] for module {module.name}, got {k}")
     B = module.B.double()
     A = module.A.double()
+    if 0 < module.r <= min(module.out_features, module.in_features):
+        factors = _cholesky_truncation(B, A, module.scaling, k)
+        if factors is not None:
+            return factors[0].to(dtype), factors[1].to(dtype)
+    return tuple(x.to(dtype) for x in _qr_truncation(B, A, module.scaling, k))  # type: ignore[return-value]
+
+
+def _cholesky_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int):
+    G_B = B.T @ B  # (r, out) @ (out, r) -> (r, r)
+    G_A = A @ A.T  # (r, in) @ (in, r) -> (r, r)
+    L_B, info_B = torch.linalg.cholesky_ex(G_B)
+    L_A, info_A = torch.linalg.cholesky_ex(G_A)
+    if info_B or info_A:
+        return None
+    s_B = L_B.diagonal() / G_B.diagonal().sqrt()
+    s_A = L_A.diagonal() / G_A.diagonal().sqrt()
+    if torch.finfo(torch.float64).eps * float(s_B.min() ** -2 + s_A.min() ** -2) > FACTORS_REL_TOL:
+        return None
+    U, S, Vh = torch.linalg.svd(scaling * (L_B.T @ L_A))  # (r, r) core = R_B R_A^T
+    root = S[:k].sqrt()
+    M_B = torch.linalg.solve_triangular(L_B.T, U[:, :k] * root, upper=True)  # R_B^-1 U_k sqrt(S_k): (r, k)
+    M_A = torch.linalg.solve_triangular(L_A, root[:, None] * Vh[:k], upper=False, left=False)  # (k, r) L_A^-1
+    return B @ M_B, M_A @ A  # (out, r) @ (r, k) and (k, r) @ (r, in)
+
+
+def _qr_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Q_B, R_B = torch.linalg.qr(B)  # (out, p), (p, r)
     Q_A, R_A = torch.linalg.qr(A.T)  # (in, q), (q, r)
-    core = module.scaling * (R_B @ R_A.T)  # (p, r) @ (r, q) -> (p, q)
-    U, S, Vh = torch.linalg.svd(core, full_matrices=False)  # (p, m), (m,), (m, q)
+    U, S, Vh = torch.linalg.svd(scaling * (R_B @ R_A.T), full_matrices=False)  # (p, m), (m,), (m, q)
     k_eff = min(k, S.shape[0])
     root = S[:k_eff].sqrt()
-    B_k = torch.zeros(module.out_features, k, dtype=torch.float64)
-    A_k = torch.zeros(k, module.in_features, dtype=torch.float64)
+    B_k = torch.zeros(B.shape[0], k, dtype=torch.float64)
+    A_k = torch.zeros(k, A.shape[1], dtype=torch.float64)
     B_k[:, :k_eff] = (Q_B @ U[:, :k_eff]) * root  # (out, p) @ (p, k) -> (out, k)
     A_k[:k_eff] = root[:, None] * (Vh[:k_eff] @ Q_A.T)  # (k, q) @ (q, in) -> (k, in)
-    return B_k.to(dtype), A_k.to(dtype)
+    return B_k, A_k
