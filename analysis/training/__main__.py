@@ -1,4 +1,4 @@
-"""`python -m analysis.training train|list`: train runs and list finished ones (progress via tqdm)."""
+"""`python -m analysis.training train|evaluate|list|baselines|make-samples|para-curve` (progress via tqdm)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,25 @@ from pathlib import Path
 
 from analysis.training.data import TASKS
 from analysis.training.lora import TrainConfig
+from analysis.training.methods import METHODS
 from analysis.training.records import list_runs
 from analysis.training.runs import RunSpec, train_run
 
-METHODS = ("lora",)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (method choices come from the registry)."""
     parser = argparse.ArgumentParser(prog="python -m analysis.training")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one run and write its record")
-    p.add_argument("--method", choices=METHODS, default="lora")
+    p.add_argument("--method", choices=list(METHODS), default="lora")
     p.add_argument("--task", choices=TASKS, required=True)
-    p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * rank)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget-rank", "--rank", type=int, default=None,
+        help="budget = LoRA parameters of uniform rank R (lora: its rank); default lora 32, adaptive methods 8",
+    )  # fmt: skip
+    budget.add_argument("--budget-params", type=int, default=None, help="budget as an explicit parameter count")
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * the budget's rank)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -36,23 +41,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
     p = sub.add_parser("list", help="list runs under a folder")
     p.add_argument("folder", nargs="?", default="sample_adapters")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             from tqdm import tqdm
 
-            config = TrainConfig(
-                r=args.rank, lora_alpha=args.alpha or 2.0 * args.rank, epochs=args.epochs, lr=args.lr, seed=args.seed
-            )
-            bar = tqdm(desc=f"{args.method} {args.task}", unit="step")
+            config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+            bars: list[tqdm] = []  # opened at the first step, so a refused run prints only its error line
 
             def on_step(step: int, total: int, loss: float) -> None:
-                bar.total = total
-                bar.set_postfix(loss=f"{loss:.3f}")
-                bar.update(1)
+                if not bars:
+                    bars.append(tqdm(desc=f"{args.method} {args.task}", unit="step", total=total))
+                bars[0].n = step
+                bars[0].set_postfix(loss=f"{loss:.3f}")
 
-            metrics = train_run(RunSpec(args.method, args.task, config), args.out, on_step=on_step)
-            bar.close()
+            spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
+            metrics = train_run(spec, args.out, on_step=on_step)
+            for bar in bars:
+                bar.close()
             print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
         elif args.command == "evaluate":
             from analysis.training.evaluate import evaluate_adapter, task_for_run

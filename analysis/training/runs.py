@@ -12,45 +12,77 @@ import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from analysis.adapters import load_adapter
-from analysis.training.data import TaskName, load_task
-from analysis.training.lora import StepCallback, TrainConfig, evaluate, train_lora
+from analysis.training.data import TaskData, TaskName, load_task
+from analysis.training.lora import StepCallback, TrainConfig, evaluate
+from analysis.training.methods import METHODS, resolve_budget
 from analysis.training.model import load_minilm
 
+ModelFactory = Callable[..., tuple[nn.Module, PreTrainedTokenizerBase]]
+"""(n_labels, seed=...) -> (SentenceClassifier, tokenizer); MiniLM by default, a tiny BERT in tests."""
+
 ADAPTER_DIR = "adapter"
+DEFAULT_BUDGET_RANK = {"lora": 32, "alora": 8, "lr_lora": 8, "adalora": 8}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to train: method, task and its hyperparameters."""
+    """What to train: method, task, hyperparameters and the parameter budget."""
 
     method: str
     task: TaskName
     train: TrainConfig
+    budget_rank: int | None = None
+    """Budget = LoRA parameters of uniform rank `budget_rank` (lora: its rank). Default: lora 32, others 8."""
+    budget_params: int | None = None
+    """Or an explicit parameter count (then budget_rank must be None)."""
+    lora_alpha: float | None = None
+    """Default 2 * the budget's rank (scale 2, as alpha = 2r)."""
 
 
-def _baselines(task_data) -> dict[str, float]:
-    counts = torch.bincount(torch.tensor([e.label for e in task_data.train]))
+def _baselines(task: TaskData) -> dict[str, float]:
+    counts = torch.bincount(torch.tensor([e.label for e in task.train]))
     majority = int(counts.argmax())
-    test = task_data.test
-    return {"majority_test_accuracy": sum(e.label == majority for e in test) / max(len(test), 1)}
+    return {"majority_test_accuracy": sum(e.label == majority for e in task.test) / max(len(task.test), 1)}
 
 
-def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = None) -> dict[str, Any]:
+def train_run(
+    spec: RunSpec,
+    out: str | Path,
+    *,
+    on_step: StepCallback | None = None,
+    model_factory: ModelFactory | None = None,
+    task_data: TaskData | None = None,
+) -> dict[str, Any]:
     """Train one run and write its record atomically to `out`; returns metrics.json's content.
 
+    Args:
+        spec: method, task, schedule, budget.
+        out: the run folder to create (must not exist).
+        on_step: progress callback.
+        model_factory: builds (classifier, tokenizer); MiniLM by default.
+        task_data: the task's examples (default: `load_task(spec.task)`; tests pass a slice).
+
     Raises:
-        ValueError: for an unknown method, or if `out` already exists.
+        ValueError: for an unknown method or a bad budget (before anything is written), or if `out` exists.
     """
     out = Path(out)
-    if spec.method != "lora":
-        raise ValueError(f"method must be one of: lora, got {spec.method!r}")
+    if spec.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {spec.method!r}")
+    if spec.budget_rank is not None and spec.budget_rank < 1:
+        raise ValueError(f"budget rank must be >= 1, got {spec.budget_rank}")
+    if spec.budget_params is not None and spec.budget_params < 1:
+        raise ValueError(f"budget params must be >= 1, got {spec.budget_params}")
     if out.exists():
         raise ValueError(f"{out}: already exists; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,10 +95,22 @@ def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = 
 
     try:
         (tmp / "status").write_text("running\n")
-        task = load_task(spec.task, seed=spec.train.seed)
+        task = task_data or load_task(spec.task, seed=spec.train.seed)
         (tmp / "splits.json").write_text(json.dumps(task.split_ids()))
-        model, tokenizer = load_minilm(len(task.labels), seed=spec.train.seed)
-        log(f"training {spec.method} on {spec.task}: {len(task.train)} train examples, config {asdict(spec.train)}")
+        model, tokenizer = (model_factory or load_minilm)(len(task.labels), seed=spec.train.seed)
+        rank = spec.budget_rank
+        if rank is None and spec.budget_params is None:
+            rank = DEFAULT_BUDGET_RANK[spec.method]
+        try:
+            budget = resolve_budget(model, rank=rank, params=spec.budget_params)
+        except ValueError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a user error, not a failed run: leave nothing behind
+            raise
+        config = replace(spec.train, r=budget.rank, lora_alpha=spec.lora_alpha or 2.0 * budget.rank)
+        log(
+            f"training {spec.method} on {spec.task}: {len(task.train)} train examples, {budget}, "
+            f"config {asdict(config)}"
+        )
 
         def step_cb(step: int, total: int, loss: float) -> None:
             if step % 10 == 0 or step == total:
@@ -74,13 +118,17 @@ def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = 
             if on_step is not None:
                 on_step(step, total, loss)
 
-        result = train_lora(model, tokenizer, task.train, spec.train, on_step=step_cb)
-        val_acc, val_loss = evaluate(result.model, tokenizer, task.validation)
-        test_acc, test_loss = evaluate(result.model, tokenizer, task.test)
+        start = time.perf_counter()
+        result = METHODS[spec.method](model, tokenizer, task, config, budget, tmp / ADAPTER_DIR, step_cb)
+        seconds = time.perf_counter() - start
+        # evaluate exactly what a user loads: a fresh base model plus the written PEFT folder
+        fresh, _ = (model_factory or load_minilm)(len(task.labels), seed=spec.train.seed)
+        trained = PeftModel.from_pretrained(fresh, tmp / ADAPTER_DIR)
+        val_acc, val_loss = evaluate(trained, tokenizer, task.validation)
+        test_acc, test_loss = evaluate(trained, tokenizer, task.test)
         log(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}")
-        result.model.save_pretrained(tmp / ADAPTER_DIR)
         adapter = load_adapter(tmp / ADAPTER_DIR)
-        allocation = {m.name: m.r for m in adapter.modules}
+        allocation = dict(sorted(result.ranks.items()))
         metrics = {
             "method": spec.method,
             "task": spec.task,
@@ -89,11 +137,16 @@ def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = 
             "test": {"accuracy": test_acc, "loss": test_loss},
             "baselines": _baselines(task),
             "n_lora_params": adapter.n_params,
-            "wall_time_s": result.seconds,
-            "n_steps": result.n_steps,
+            "budget": {"params": budget.params, "rank": budget.rank},
+            "within_budget": adapter.n_params <= budget.params,
+            "ranks": {"min": min(allocation.values()), "max": max(allocation.values()), "n_modules": len(allocation)},
+            "wall_time_s": seconds,
+            "n_steps": len(result.losses),
             "seed": spec.train.seed,
-            "config": asdict(spec.train),
-            "loss_curve": result.loss_curve,
+            "config": asdict(config),
+            "method_details": result.details,
+            "loss_curve": result.losses,
+            "rank_trajectory": result.trajectory,
             "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         }
         (tmp / "allocation.json").write_text(json.dumps(allocation, indent=1))
@@ -102,6 +155,8 @@ def train_run(spec: RunSpec, out: str | Path, *, on_step: StepCallback | None = 
         tmp.rename(out)
         return metrics
     except BaseException as err:
+        if not tmp.exists():
+            raise
         log(f"failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
         (tmp / "status").write_text("failed\n")
         shutil.rmtree(tmp / ADAPTER_DIR, ignore_errors=True)

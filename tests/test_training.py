@@ -1,0 +1,182 @@
+"""Training backends on a tiny BERT built from a config (MiniLM's tokenizer files only, not its weights).
+
+Every method trains a few steps on a tiny easy task and writes a complete record that the engine and peft
+load; adaptive methods end within the budget with non-uniform ranks; failures leave no finished adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import cache
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer
+
+from analysis.adapters import load_adapter
+from analysis.training import __main__ as cli
+from analysis.training.adalora import budget_trim
+from analysis.training.alora import importance_scores, reallocate
+from analysis.training.data import Example, TaskData, load_task
+from analysis.training.gated import GatedLoraLinear, wrap_targets
+from analysis.training.lora import TrainConfig, encode
+from analysis.training.methods import METHODS, rank_cost, resolve_budget
+from analysis.training.model import minilm_path, tiny_bert
+from analysis.training.records import read_run
+from analysis.training.runs import RunSpec, train_run
+
+CONFIG = TrainConfig(epochs=1, lr=5e-3, batch_size=16, max_length=12, max_steps=6)
+ADAPTIVE = ["alora", "lr_lora", "adalora"]
+
+
+@cache
+def tokenizer():
+    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)  # small files, not the weights
+
+
+def tiny_factory(n_labels: int, seed: int = 0):
+    return tiny_bert(n_labels, seed=seed, vocab_size=tokenizer().vocab_size), tokenizer()
+
+
+@cache
+def easy_task() -> TaskData:
+    """Two classes told apart by their topic words: a tiny BERT learns it in a few dozen steps."""
+    rng = random.Random(0)
+    words = (["apple", "banana", "cherry", "grape"], ["engine", "wheel", "brake", "piston"])
+    filler = ["the", "a", "of", "and", "with", "today", "new", "big"]
+
+    def example(i: int) -> Example:
+        label = i % 2
+        text = " ".join(rng.choice(words[label] if rng.random() < 0.5 else filler) for _ in range(8))
+        return Example(f"e{i}", text + f" {words[label][i % 4]}", label)
+
+    items = [example(i) for i in range(240)]
+    return TaskData("bbc-topic", ("fruit", "car"), tuple(items[:160]), tuple(items[160:200]), tuple(items[200:]))
+
+
+def run(tmp_path, method: str, **kw):
+    spec = RunSpec(method, "bbc-topic", kw.pop("config", CONFIG), budget_rank=kw.pop("budget_rank", 2), **kw)
+    return train_run(spec, tmp_path / method, model_factory=tiny_factory, task_data=easy_task())
+
+
+def test_registry_and_cli_choices_agree():
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    choices = next(a.choices for a in train._actions if a.dest == "method")
+    assert list(choices) == list(METHODS) == ["lora", "alora", "lr_lora", "adalora"]
+
+
+def test_load_task_splits_are_fixed_stratified_and_disjoint():
+    task, again = load_task("bbc-topic"), load_task("bbc-topic")
+    assert task.split_ids() == again.split_ids()
+    ids = [set(v) for v in task.split_ids().values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert len(task.labels) == 5 and sum(len(v) for v in ids) == 2225
+    share = [sum(e.label == c for e in task.test) / len(task.test) for c in range(5)]
+    full = [sum(e.label == c for e in task.train + task.validation + task.test) / 2225 for c in range(5)]
+    assert max(abs(a - b) for a, b in zip(share, full, strict=True)) < 0.01
+    with pytest.raises(ValueError, match="task must be one of"):
+        load_task("nope")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_run_writes_a_complete_record_that_engine_and_peft_load(tmp_path, method):
+    metrics = run(tmp_path, method)
+    folder = tmp_path / method
+    assert read_run(folder).status == "finished" and metrics["method"] == method
+    for file in ("metrics.json", "allocation.json", "splits.json", "log.txt", "adapter/adapter_config.json"):
+        assert (folder / file).is_file(), file
+    assert metrics["n_steps"] == 6 and all(torch.isfinite(torch.tensor(metrics["loss_curve"])))
+    adapter = load_adapter(folder / "adapter")
+    allocation = json.loads((folder / "allocation.json").read_text())
+    assert len(allocation) == 12  # 2 layers x 6 target modules
+    assert {m.name: m.r for m in adapter.modules} == {n: r for n, r in allocation.items() if r}
+    assert metrics["n_lora_params"] == adapter.n_params <= metrics["budget"]["params"]
+    model, _ = tiny_factory(2)
+    peft_model = PeftModel.from_pretrained(model, folder / "adapter")
+    ids = encode(tokenizer(), ["apple engine"], 12)
+    assert torch.isfinite(peft_model(ids["input_ids"], ids["attention_mask"])).all()
+    if method != "lora":
+        assert metrics["rank_trajectory"] and "ranks" in metrics["rank_trajectory"][-1]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_run_loss_decreases_on_an_easy_task(tmp_path, method):
+    # 60 steps: AdaLoRA's triple product (E starts at 0, A and B ~ N(0, 0.02)) needs a few dozen to get going
+    config = TrainConfig(epochs=6, lr=5e-3, batch_size=16, max_length=12)
+    curve = run(tmp_path, method, config=config)["loss_curve"]
+    assert sum(curve[-8:]) / 8 < 0.8 * sum(curve[:8]) / 8
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_adaptive_methods_end_non_uniform_within_budget(tmp_path, method):
+    config = TrainConfig(epochs=4, lr=5e-3, batch_size=16, max_length=12)
+    metrics = run(tmp_path, method, config=config, budget_rank=4)
+    ranks = list(json.loads((tmp_path / method / "allocation.json").read_text()).values())
+    assert metrics["n_lora_params"] <= metrics["budget"]["params"]
+    assert len(set(ranks)) > 1, ranks
+
+
+def test_alora_vectorised_scores_match_one_setting_per_pass():
+    model, tok = tiny_factory(2)
+    layers = wrap_targets(model, GatedLoraLinear, cap=4, n_active=2, scaling=2.0)
+    torch.manual_seed(1)
+    for layer in layers.values():
+        torch.nn.init.normal_(layer.B, std=0.5)
+    task = easy_task()
+    inputs = encode(tok, [e.text for e in task.validation[:6]], 12)
+    labels = torch.tensor([e.label for e in task.validation[:6]])
+    one = importance_scores(model, layers, inputs, labels, configs_per_pass=1)
+    many = importance_scores(model, layers, inputs, labels, configs_per_pass=7)
+    assert len(one) == 24 and all(abs(one[k] - many[k]) < 1e-5 for k in one)
+    budget = sum(int(layer.active.sum()) * 96 for layer in layers.values())
+    moves = reallocate(layers, one, n_prune=3, budget=budget)
+    assert len(moves["pruned"]) == 3 and not set(moves["added"]) & {n for n, _, _ in moves["pruned"]}
+    assert sum(int(layer.active.sum()) * 96 for layer in layers.values()) <= budget  # all tiny modules cost 96
+
+
+def test_adalora_budget_trim_drops_smallest_components_until_within_budget():
+    factors = {
+        "a": (torch.ones(3, 4), torch.ones(2, 3), torch.tensor([3.0, 1.0, 0.0])),  # cost 6 per rank
+        "b": (torch.ones(2, 4), torch.ones(2, 2), torch.tensor([2.0, 0.5])),
+    }
+    kept, trimmed = budget_trim(factors, budget=12)
+    assert {n: A.shape[0] for n, (A, _) in kept.items()} == {"a": 1, "b": 1} and trimmed == 2
+
+
+def test_resolve_budget_units_and_errors():
+    model, _ = tiny_factory(2)
+    assert rank_cost(model) == 2 * (4 * 64 + 2 * 96)
+    assert resolve_budget(model, rank=3).params == 3 * rank_cost(model)
+    assert resolve_budget(model, params=3 * rank_cost(model) + 5).rank == 3
+    for kw in ({"rank": 0}, {"rank": 33}, {"params": 10}, {}, {"rank": 2, "params": 2000}):
+        with pytest.raises(ValueError, match="budget"):
+            resolve_budget(model, **kw)
+
+
+def test_failed_run_is_marked_failed_and_leaves_no_adapter(tmp_path):
+    def broken(n_labels, seed=0):
+        raise RuntimeError("simulated crash while building the model")
+
+    spec = RunSpec("lora", "bbc-topic", CONFIG)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(spec, tmp_path / "run", model_factory=broken, task_data=easy_task())
+    assert not (tmp_path / "run").exists()
+    failed = read_run(tmp_path / "run.failed")
+    assert failed.status == "failed" and not (tmp_path / "run.failed" / "adapter").exists()
+    assert "simulated crash" in (tmp_path / "run.failed" / "log.txt").read_text()
+
+
+def test_bad_budget_leaves_nothing_and_cli_exits_nonzero(tmp_path, capsys):
+    with pytest.raises(ValueError, match="method must be one of"):
+        train_run(RunSpec("dora", "bbc-topic", CONFIG), tmp_path / "a")
+    with pytest.raises(ValueError, match="budget-rank must be between"):
+        run(tmp_path, "alora", budget_rank=99)
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["train", "--method", "lora", "--task", "bbc-topic", "--budget-params", "0", "--out", "x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: budget params must be >= 1, got 0"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--method", "dora", "--task", "bbc-topic", "--out", str(tmp_path / "b")])
+    assert exit_info.value.code == 2
