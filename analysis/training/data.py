@@ -35,14 +35,16 @@ class TaskData:
     validation: tuple[Example, ...]
     test: tuple[Example, ...]
 
+    SPLITS = ("train", "validation", "test")
+
     def split(self, name: str) -> tuple[Example, ...]:
-        if name not in ("train", "validation", "test"):
+        if name not in self.SPLITS:
             raise ValueError(f"split must be train, validation or test, got {name!r}")
         return getattr(self, name)
 
     def split_ids(self) -> dict[str, list[str]]:
         """The ids of every split, saved with each run so evaluation is reproducible."""
-        return {s: [e.id for e in self.split(s)] for s in ("train", "validation", "test")}
+        return {s: [e.id for e in self.split(s)] for s in self.SPLITS}
 
 
 def _package_dir(package: str) -> Path:

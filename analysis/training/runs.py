@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from analysis.adapters import load_adapter
+from analysis.training.baselines import majority_accuracy
 from analysis.training.data import TaskData, TaskName, load_task
 from analysis.training.lora import StepCallback, TrainConfig, evaluate
 from analysis.training.methods import METHODS, resolve_budget
@@ -48,12 +49,6 @@ class RunSpec:
     """Or an explicit parameter count (then budget_rank must be None)."""
     lora_alpha: float | None = None
     """Default 2 * the budget's rank (scale 2, as alpha = 2r)."""
-
-
-def _baselines(task: TaskData) -> dict[str, float]:
-    counts = torch.bincount(torch.tensor([e.label for e in task.train]))
-    majority = int(counts.argmax())
-    return {"majority_test_accuracy": sum(e.label == majority for e in task.test) / max(len(task.test), 1)}
 
 
 def train_run(
@@ -135,7 +130,7 @@ def train_run(
             "labels": list(task.labels),
             "validation": {"accuracy": val_acc, "loss": val_loss},
             "test": {"accuracy": test_acc, "loss": test_loss},
-            "baselines": _baselines(task),
+            "baselines": {"majority_test_accuracy": majority_accuracy(task.train, task.test)},
             "n_lora_params": adapter.n_params,
             "budget": {"params": budget.params, "rank": budget.rank},
             "within_budget": adapter.n_params <= budget.params,
