@@ -20,7 +20,7 @@ from analysis.training import __main__ as cli
 from analysis.training.adalora import budget_trim
 from analysis.training.alora import importance_scores, reallocate
 from analysis.training.baselines import fit_probe, majority_accuracy
-from analysis.training.data import Example, TaskData, load_task
+from analysis.training.data import TASKS, Example, TaskData, load_task
 from analysis.training.gated import GatedLoraLinear, wrap_targets
 from analysis.training.lora import TrainConfig, encode
 from analysis.training.methods import METHODS, rank_cost, resolve_budget
@@ -68,6 +68,9 @@ def test_registry_and_cli_choices_agree():
     train = parser._subparsers._group_actions[0].choices["train"]
     choices = next(a.choices for a in train._actions if a.dest == "method")
     assert list(choices) == list(METHODS) == ["lora", "alora", "lr_lora", "adalora"]
+    from pages.shared import train_widgets  # the Train page's labels cover exactly the registry and the tasks
+
+    assert list(train_widgets.METHODS) == list(METHODS) and tuple(train_widgets.TASKS) == TASKS
 
 
 def test_load_task_splits_are_fixed_stratified_and_disjoint():
