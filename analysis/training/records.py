@@ -20,6 +20,16 @@ class RunRecord:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def task(self) -> str | None:
+        """The task trained on, e.g. "bbc-topic" (classification) or "bbc-lm" (causal LM); None if unknown."""
+        return self.metrics.get("task")
+
+    @property
+    def is_causal_lm(self) -> bool:
+        """A causal-LM run: its metrics hold `held_out` perplexity instead of `test` accuracy."""
+        return self.metrics.get("objective") == "causal-lm"
+
 
 def read_run(path: str | Path) -> RunRecord:
     path = Path(path)
