@@ -232,31 +232,35 @@ def truncated_factors(
     """
     if not 0 <= k <= module.r:
         raise ValueError(f"k must be in [0, {module.r}] for module {module.name}, got {k}")
-    B = module.B.double()
-    A = module.A.double()
     if 0 < module.r <= min(module.out_features, module.in_features):
-        factors = _cholesky_truncation(B, A, module.scaling, k)
+        factors = _cholesky_truncation(module, k, dtype)
         if factors is not None:
-            return factors[0].to(dtype), factors[1].to(dtype)
+            return factors
+    B, A = module.B.double(), module.A.double()
     return tuple(x.to(dtype) for x in _qr_truncation(B, A, module.scaling, k))  # type: ignore[return-value]
 
 
-def _cholesky_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int):
-    G_B = B.T @ B  # (r, out) @ (out, r) -> (r, r)
-    G_A = A @ A.T  # (r, in) @ (in, r) -> (r, r)
+def _cholesky_truncation(module: LoraModule, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The Cholesky route of `truncated_factors` in float64 (None when the Grams are too ill-conditioned)."""
+    G_B = grams.side_gram(module.B, "B", torch.float64)  # (r, r)
+    G_A = grams.side_gram(module.A, "A", torch.float64)  # (r, r)
     L_B, info_B = torch.linalg.cholesky_ex(G_B)
     L_A, info_A = torch.linalg.cholesky_ex(G_A)
     if info_B or info_A:
         return None
+    # quick guess of the squared condition numbers (Cholesky diagonal of the unit-diagonal Grams): it can be
+    # ~300x low on steep spectra, which at FACTORS_REL_TOL still leaves errors far below float32 rounding
     s_B = L_B.diagonal() / G_B.diagonal().sqrt()
     s_A = L_A.diagonal() / G_A.diagonal().sqrt()
-    if torch.finfo(torch.float64).eps * float(s_B.min() ** -2 + s_A.min() ** -2) > FACTORS_REL_TOL:
+    if grams.EPS64 * float(s_B.min() ** -2 + s_A.min() ** -2) > FACTORS_REL_TOL:
         return None
-    U, S, Vh = torch.linalg.svd(scaling * (L_B.T @ L_A))  # (r, r) core = R_B R_A^T
+    U, S, Vh = torch.linalg.svd(module.scaling * (L_B.T @ L_A))  # (r, r) core = R_B R_A^T
     root = S[:k].sqrt()
     M_B = torch.linalg.solve_triangular(L_B.T, U[:, :k] * root, upper=True)  # R_B^-1 U_k sqrt(S_k): (r, k)
     M_A = torch.linalg.solve_triangular(L_A, root[:, None] * Vh[:k], upper=False, left=False)  # (k, r) L_A^-1
-    return B @ M_B, M_A @ A  # (out, r) @ (r, k) and (k, r) @ (r, in)
+    B_k = grams.upcast_matmul(module.B, M_B, "B", dtype)  # (out, r) @ (r, k) -> (out, k)
+    A_k = grams.upcast_matmul(module.A, M_A, "A", dtype)  # (k, r) @ (r, in) -> (k, in)
+    return B_k, A_k
 
 
 def _qr_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
