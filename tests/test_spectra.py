@@ -133,3 +133,18 @@ def test_adapter_spectra_on_cuda_matches_cpu(chosen_factors):
     adapter = adapter_of(LoraModule("m", A, B, 1.0))
     on_gpu = adapter_spectra(adapter, device="cuda").spectra[0].sigma
     np.testing.assert_allclose(on_gpu, adapter_spectra(adapter, device="cpu").spectra[0].sigma, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_adapter_spectra_on_cuda_matches_cpu_on_trained_and_steep_factors():
+    g = torch.Generator().manual_seed(5)
+    modules = []
+    for i, style in enumerate(["trained", "trained", "balanced", "steep"]):
+        B, A = module_factors(512, 256, 32, style, g)
+        modules.append(LoraModule(f"m{i}", A.float(), B.float(), 2.0))
+    adapter = adapter_of(*modules)
+    on_gpu = adapter_spectra(adapter, device="cuda")
+    on_cpu = adapter_spectra(adapter, device="cpu")
+    assert on_gpu.device.startswith("cuda") and on_gpu.n_fallback == 1  # the steep module goes to QR there too
+    for g_s, c_s in zip(on_gpu.spectra, on_cpu.spectra, strict=True):
+        np.testing.assert_allclose(g_s.sigma, c_s.sigma, rtol=1e-5)
