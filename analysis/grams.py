@@ -4,38 +4,48 @@ The singular values of B @ A are those of the r x r core L_B^T L_A, where B^T B 
 A A^T = L_A L_A^T. A Gram squares its factor's condition number, so a float32 Gram of an ill-conditioned
 factor loses the small singular values. Each side (B or A) is formed in float32 and redone in float64 only
 where its error estimate says float32 is not enough. Trained adapters have a well-conditioned A (its random
-init) and a B about as ill-conditioned as the update, so B is usually the side in float64. No streamlit here.
+init) and a B about as ill-conditioned as the update, so B is usually the side in float64.
+On the CPU the products run on worker threads with one-thread BLAS (analysis/threads.py). No streamlit here.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import torch
 
+from analysis.threads import map_workers, numpy_blas_is_single_threaded, outer_threads
+
 Side = Literal["B", "A"]
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
-POWER_STEPS = 6
-CHUNK_BYTES = 256 * 1024  # upcast block: fits in L2 next to the Gram
+CHUNK_BYTES = 1024 * 1024  # one upcast block (fewer, larger blocks: less Python per module)
+_local = threading.local()  # per-thread upcast buffers
+
+
+def _buffer(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """This thread's reusable upcast buffer viewed as `shape` (fresh pages per module cost page faults)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < shape[0] * shape[1]:
+        buf = _local.buffer = torch.empty(max(shape[0] * shape[1], CHUNK_BYTES // 4), dtype=dtype)
+    return buf[: shape[0] * shape[1]].view(shape)
 
 
 def _blocks(X: torch.Tensor, side: Side, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield (range, block): X's blocks upcast to `dtype` in one reused buffer of about CHUNK_BYTES.
+    """Yield (range, block): X's blocks of about CHUNK_BYTES upcast to `dtype` in this thread's buffer.
 
     Side "B": X is (out, r), blocks are row ranges (count, r). Side "A": X is (r, in), blocks are column
     ranges (r, count). Either way a block copies contiguous runs of X.
     """
     r, n = (X.shape[1], X.shape[0]) if side == "B" else (X.shape[0], X.shape[1])
     step = max(1, CHUNK_BYTES // (r * torch.finfo(dtype).bits // 8))
-    shape = (min(step, n), r) if side == "B" else (r, min(step, n))
-    buffer = torch.empty(shape, dtype=dtype, device=X.device)
+    whole = _buffer((min(step, n), r) if side == "B" else (r, min(step, n)), dtype)
     for start in range(0, n, step):
         span = slice(start, min(start + step, n))
-        count = span.stop - start
-        block = buffer[:count] if side == "B" else buffer[:, :count]
+        block = whole[: span.stop - start] if side == "B" else whole[:, : span.stop - start]
         block.copy_(X[span] if side == "B" else X[:, span])  # upcast (count, r) or (r, count)
         yield span, block
 
@@ -43,23 +53,28 @@ def _blocks(X: torch.Tensor, side: Side, dtype: torch.dtype) -> Iterator[tuple[s
 def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
     """B^T B for side "B" (X is (out, r)) or A A^T for side "A" (X is (r, in)), in `dtype`.
 
-    On the CPU the product goes through numpy, which turns `a.T @ a` into one BLAS syrk call (half the
-    flops of torch's general matmul; about 2x faster in float64 here). An upcast is done a block of
-    CHUNK_BYTES at a time into one reused buffer (`_blocks`): converting a whole 11008 x 64 factor allocates
-    fresh pages for every module, and page faults cost more than the arithmetic on virtual machines.
+    On the CPU an upcast is done block by block into a reused buffer (`_blocks`), accumulating the Gram:
+    converting whole factors into fresh memory costs page faults, dearer than the arithmetic on VMs. While
+    numpy's BLAS is held at one thread (analysis/threads.py), float64 blocks go through numpy, which turns
+    `a.T @ a` into one syrk call: half the flops of a general matmul, ~2x faster than torch's here.
     """
-    if X.device.type != "cpu":
+    if X.dtype == dtype or X.device.type != "cpu":
         X = X.to(dtype)  # no copy when X already has this dtype
         return X.T @ X if side == "B" else X @ X.T  # (r, out) @ (out, r) or (r, in) @ (in, r) -> (r, r)
-    if X.dtype == dtype:
-        a = X.numpy() if side == "B" else X.numpy().T  # (n, r) view
-        return torch.from_numpy(a.T @ a)  # (r, n) @ (n, r) -> (r, r), one syrk
     r = X.shape[1] if side == "B" else X.shape[0]
-    G = np.zeros((r, r), dtype=np.float64 if dtype == torch.float64 else np.float32)
+    if dtype == torch.float64 and numpy_blas_is_single_threaded():
+        G = np.zeros((r, r))
+        for _, block in _blocks(X, side, dtype):
+            a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
+            G += a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
+        return torch.from_numpy(G)
+    G = torch.zeros(r, r, dtype=dtype)
     for _, block in _blocks(X, side, dtype):
-        a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
-        G += a.T @ a  # (r, count) @ (count, r) -> (r, r), one syrk
-    return torch.from_numpy(G)
+        if side == "B":
+            G.addmm_(block.T, block)  # G += (r, count) @ (count, r)
+        else:
+            G.addmm_(block, block.T)  # G += (r, count) @ (count, r)
+    return G
 
 
 def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
@@ -68,8 +83,13 @@ def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dty
     X is upcast block by block (`_blocks`) and each block's product is written straight into the result,
     returned in `dtype`: (out, k) for "B", (k, in) for "A".
     """
+    M = M.double()
     shape = (X.shape[0], M.shape[1]) if side == "B" else (M.shape[0], X.shape[1])
     out = torch.empty(shape, dtype=dtype, device=X.device)
+    if X.device.type != "cpu":
+        X = X.double()
+        out.copy_(X @ M if side == "B" else M @ X)  # (out, r) @ (r, k) or (k, r) @ (r, in)
+        return out
     for span, block in _blocks(X, side, torch.float64):
         if side == "B":
             out[span] = block @ M  # (count, r) @ (r, k) -> (count, k)
@@ -79,49 +99,30 @@ def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dty
 
 
 def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched Cholesky factors of Grams (n, r, r) with the condition estimate of each.
+    """Batched Cholesky factors of Grams (n, r, r) with the condition number of each.
+
+    The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1/2 G D^-1/2 (column scaling
+    does not hurt a Cholesky route, only directions do), from its eigenvalues in float64: eps x it tracks
+    the measured relative error of the singular values of B A within ~1.1x on graded, trained-like, steep
+    and near-dependent factors (tests/test_spectra.py). The cheaper Cholesky-diagonal guess was up to ~280x
+    low on steep spectra, and power iteration cost more than this on the CPU.
 
     Returns:
-        (L (n, r, r) float64, sqrt(diag G) (n, r) float64, condition estimate (n,) float64; inf where the
-        factorisation failed).
+        (L (n, r, r) float64, sqrt(diag G) (n, r) float64, condition number (n,) float64; inf where the
+        factorisation failed or G_s is numerically singular).
     """
     L, info = torch.linalg.cholesky_ex(G)
-    L, d = L.double(), G.diagonal(dim1=-2, dim2=-1).double().sqrt()  # (n, r, r), (n, r)
-    kappa = condition_estimate(L, d)
-    return L, d, torch.where(info != 0, torch.full_like(kappa, float("inf")), kappa)
-
-
-def condition_estimate(L: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Estimated 2-norm condition number of each unit-diagonal Gram G_s = L_s L_s^T, L_s = L / d (batched).
-
-    Power iteration for lambda_max(G_s) and inverse iteration (two triangular solves a step) for
-    1 / lambda_min(G_s), POWER_STEPS steps each from a fixed start; O(r^2) a step. Both are lower bounds that
-    converge from below. eps x this estimate tracks the measured relative error of the singular values of B A
-    within a factor of ~4 on graded, trained-like, steep and near-dependent factors (tests/test_spectra.py).
-
-    Args:
-        L: (n, r, r) lower Cholesky factors, float64.
-        d: (n, r) square roots of the Grams' diagonals.
-
-    Returns:
-        (n,) float64; inf where L is not finite or singular.
-    """
-    Ls = L.double() / d.double()[..., :, None]  # rows scaled: D^-1/2 L, (n, r, r)
-    n, r = Ls.shape[0], Ls.shape[-1]
-    g = torch.Generator().manual_seed(0)
-    start = (torch.rand(r, 1, generator=g, dtype=torch.float64) + 0.5).to(Ls.device).expand(n, r, 1)
-    x, y = start, start
-    big = small = torch.ones(n, dtype=torch.float64, device=Ls.device)
-    for _ in range(POWER_STEPS):
-        x = Ls @ (Ls.transpose(-1, -2) @ x)  # G_s x: (n, r, r) @ (n, r, 1)
-        big = x.norm(dim=(-2, -1))
-        x = x / big[:, None, None]
-        y = torch.linalg.solve_triangular(Ls, y, upper=False)  # L_s^-1 y: (n, r, 1)
-        y = torch.linalg.solve_triangular(Ls.transpose(-1, -2), y, upper=True)  # G_s^-1 y
-        small = y.norm(dim=(-2, -1))
-        y = y / small[:, None, None]
-    kappa = big * small
-    return torch.where(torch.isfinite(kappa) & (kappa > 0), kappa, torch.full_like(kappa, float("inf")))
+    G = G.double()
+    d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
+    scaled = G / (d[..., :, None] * d[..., None, :])  # unit diagonal: (n, r, r)
+    if scaled.device.type == "cpu" and scaled.shape[0] >= 16:
+        workers = outer_threads()
+        eigen = torch.cat(map_workers(torch.linalg.eigvalsh, list(scaled.chunk(workers)), workers))  # (n, r)
+    else:
+        eigen = torch.linalg.eigvalsh(scaled)  # ascending: (n, r)
+    kappa = eigen[:, -1] / eigen[:, 0]
+    bad = (info != 0) | ~(eigen[:, 0] > 0) | ~torch.isfinite(kappa)
+    return L.double(), d, torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
 
 
 def side_factors(
@@ -149,7 +150,9 @@ def side_factors(
 
     def grams(indices: list[int], dtype: torch.dtype) -> torch.Tensor:
         where = dev64 if dtype == torch.float64 else device
-        return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])  # (n, r, r)
+        if where.type == "cpu":
+            return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices))  # (n, r, r)
+        return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])
 
     use64 = always_float64
     if not use64:
@@ -168,4 +171,9 @@ def side_factors(
 
 def core_singular_values(L_B: torch.Tensor, L_A: torch.Tensor) -> torch.Tensor:
     """Singular values of the cores L_B^T L_A (n, r, r) in float64, descending: those of each B @ A."""
-    return torch.linalg.svdvals(L_B.double().transpose(-1, -2) @ L_A.double())  # (n, r, r) @ (n, r, r) -> (n, r)
+    C = L_B.double().transpose(-1, -2) @ L_A.double()  # (n, r, r) @ (n, r, r) -> (n, r, r)
+    if C.device.type != "cpu" or C.shape[0] < 16:
+        return torch.linalg.svdvals(C)
+    workers = outer_threads()
+    parts = list(C.chunk(workers))  # LAPACK loops over the batch on one thread: split it
+    return torch.cat(map_workers(torch.linalg.svdvals, parts, workers))  # (n, r)

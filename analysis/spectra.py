@@ -9,6 +9,7 @@ Batched over modules of equal shape, on cuda / mps / cpu. No streamlit here.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from analysis import grams
+from analysis import grams, threads
 from analysis.adapters import LoraAdapter, LoraModule
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -131,20 +132,19 @@ def _gram_route(group: list[LoraModule], device: torch.device) -> tuple[torch.Te
     """Singular values of a group of equal-shape modules from Cholesky factors of their Grams.
 
     CPU (and mps): each side in float32 where its error estimate allows, float64 otherwise
-    (`grams.side_factors`). CUDA: both sides in float64 (cheap there), with no per-module host syncs.
+    (`grams.side_factors`), on worker threads with one-thread BLAS (analysis/threads.py). CUDA: both
+    sides in float64 (cheap there), with no per-module host syncs.
 
     Returns:
         (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a float64 Gram).
     """
     is_cuda = device.type == "cuda"
-    # each side gets half the error budget, so their sum stays within GRAM_REL_TOL
-    L_B, err_B, is64_B = grams.side_factors(
-        [m.B for m in group], "B", GRAM_REL_TOL / 2, device, always_float64=is_cuda
-    )
-    L_A, err_A, is64_A = grams.side_factors(
-        [m.A for m in group], "A", GRAM_REL_TOL / 2, device, always_float64=is_cuda
-    )
-    sigma = grams.core_singular_values(L_B, L_A).cpu()
+    with contextlib.nullcontext() if is_cuda else threads.engine_threads():
+        # each side gets half the error budget, so their sum stays within GRAM_REL_TOL
+        B_side, A_side = [m.B for m in group], [m.A for m in group]
+        L_B, err_B, is64_B = grams.side_factors(B_side, "B", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
+        L_A, err_A, is64_A = grams.side_factors(A_side, "A", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
+        sigma = grams.core_singular_values(L_B, L_A).cpu()
     return sigma, (err_B + err_A).cpu(), int((is64_B | is64_A).sum())
 
 
@@ -233,7 +233,8 @@ def truncated_factors(
     if not 0 <= k <= module.r:
         raise ValueError(f"k must be in [0, {module.r}] for module {module.name}, got {k}")
     if 0 < module.r <= min(module.out_features, module.in_features):
-        factors = _cholesky_truncation(module, k, dtype)
+        with threads.engine_threads():
+            factors = _cholesky_truncation(module, k, dtype)
         if factors is not None:
             return factors
     B, A = module.B.double(), module.A.double()

@@ -1,7 +1,8 @@
 """Benchmark the engine against what users run today, on adapters with real model shapes, CPU or CUDA.
 
-For each adapter: load, spectra (the engine's path), load + spectra + one allocation, full-rank factors,
-one allocation, export at the 25% parameter budget, each the median of several runs after a warm-up; peak
+For each adapter: load, spectra (the engine's path), load + spectra + one allocation, the factors of a
+full-rank export (compress_adapter at 100%), one allocation, export at the 25% parameter budget (compress
+and write), each the median of several runs after a warm-up; peak
 memory in a fresh process (bench/peak_memory.py); the dense baselines on sampled modules, extrapolated
 (bench/baselines.py); and a floor for each figure (bench/floors.py). Prints markdown tables, writes JSON
 and the tables to bench/results/. Synthetic adapters are generated into bench/out/ (git-ignored) on demand.
@@ -31,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from analysis.adapters import LoraAdapter, load_adapter  # noqa: E402
 from analysis.export import compress_adapter, save_adapter  # noqa: E402
 from analysis.para import allocate_ranks, para_index  # noqa: E402
-from analysis.spectra import adapter_spectra, pick_device, truncated_factors  # noqa: E402
+from analysis.spectra import adapter_spectra, pick_device  # noqa: E402
 from bench import floors  # noqa: E402
 from bench.baselines import measure_baselines  # noqa: E402
 from bench.machine import Limits, machine_info, measure_limits, median_time  # noqa: E402
@@ -89,7 +90,8 @@ def bench_adapter(
         lambda: allocate_ranks(para_index(adapter_spectra(load_adapter(folder), device=dev)), 0.9), **timed
     )
     full_ranks = [m.r for m in adapter.modules]
-    factors_s = median_time(lambda: [truncated_factors(m, m.r) for m in adapter.modules], repeats=3)
+    full = allocate_ranks(index, 1.0, "params_fraction")  # every rank kept: the factors of a full export
+    factors_s = median_time(lambda: compress_adapter(adapter, full), repeats=3)
     cut = allocate_ranks(index, 0.25, "params_fraction")
     with tempfile.TemporaryDirectory() as tmp:
         export_s = median_time(
@@ -115,7 +117,7 @@ def bench_adapter(
         "floor_load_s": floors.load_floor(adapter.file_size, limits),
         "floor_spectra_s": floors.spectra_floor(adapter, limits),
         "floor_allocation_ms": floors.allocation_floor(cut.n_kept, len(adapter.modules), limits) * 1e3,
-        "floor_factors_s": floors.factors_floor(adapter, full_ranks, limits, 8),
+        "floor_factors_s": floors.factors_floor(adapter, full_ranks, limits, out_bytes),
         "floor_export25_s": floors.factors_floor(adapter, cut.ranks, limits, out_bytes),
     }
     if device.type == "cuda":
