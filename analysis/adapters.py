@@ -283,6 +283,7 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     parts, extra = _split_keys(tensors, PEFT_KEY, PEFT_PREFIX)
     if not parts:
         raise _no_lora_error(weights, tensors)
+    fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     modules = [_peft_module(weights, config, name, p, is_adalora) for name, p in parts.items()]
     _check_finite(weights, modules)
     warnings = []
@@ -292,7 +293,7 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
         )
     return LoraAdapter(
         source=str(folder),
-        fingerprint=_fingerprint(buffer, config),
+        fingerprint=fingerprint,
         format="adalora" if is_adalora else "peft",
         config=config,
         modules=tuple(modules),
@@ -371,11 +372,12 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         r = A.shape[0]
         alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else float(r)
         modules.append(LoraModule(name, A, B, alpha / r, kind, weight_shape, alpha))
-    _check_finite(file, modules)
     config = {"kohya_metadata": metadata}
+    fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
+    _check_finite(file, modules)
     return LoraAdapter(
         source=str(file),
-        fingerprint=_fingerprint(buffer, config),
+        fingerprint=fingerprint,
         format="kohya",
         config=config,
         modules=tuple(modules),
