@@ -24,7 +24,8 @@ def engine_table(rows: Sequence[dict]) -> list[str]:
     has_resident = any("spectra_resident_s" in r for r in rows)
     head = ["adapter", "modules", "r", "MB", "load s", "spectra s"]
     head += ["spectra, on-device factors s"] if has_resident else []
-    head += ["load + spectra + 1 allocation s", "1 allocation ms", "full factors s", "export 25% s", "fallbacks"]
+    head += ["load + spectra + 1 allocation s", "1 allocation ms", "full factors s", "export 25% s",
+             "float64 Grams / QR"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * 2 + " ---: |" * (len(head) - 2)]
     for r in rows:
         cells = [
@@ -42,7 +43,7 @@ def engine_table(rows: Sequence[dict]) -> list[str]:
             _with_floor(r, "allocation_ms", "floor_allocation_ms", ".3f"),
             _with_floor(r, "factors_s", "floor_factors_s", ".2f"),
             _with_floor(r, "export25_s", "floor_export25_s", ".2f"),
-            f"{r['n_fallback']} of {r['modules']}",
+            f"{r['n_float64_gram']} / {r['n_fallback']}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

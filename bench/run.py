@@ -106,6 +106,7 @@ def bench_adapter(
         "file_mb": adapter.file_size / 1e6,
         "device": spectra.device,
         "n_fallback": spectra.n_fallback,
+        "n_float64_gram": spectra.n_float64_gram,
         "load_s": load_s,
         "spectra_s": spectra_s,
         "end_to_end_s": end_to_end_s,
