@@ -22,6 +22,7 @@ from analysis.threads import map_workers, numpy_blas_is_single_threaded, outer_t
 Side = Literal["B", "A"]
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
+PARALLEL_MIN_ELEMENTS = 1 << 20  # below this much factor data (or 1/8 of it in r x r batches), one thread
 CHUNK_BYTES = 1024 * 1024  # one upcast block (fewer, larger blocks: less Python per module)
 _local = threading.local()  # per-thread upcast buffers
 
@@ -115,7 +116,7 @@ def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     G = G.double()
     d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
     scaled = G / (d[..., :, None] * d[..., None, :])  # unit diagonal: (n, r, r)
-    if scaled.device.type == "cpu" and scaled.shape[0] >= 16:
+    if scaled.device.type == "cpu" and scaled.numel() >= PARALLEL_MIN_ELEMENTS // 8:
         workers = outer_threads()
         eigen = torch.cat(map_workers(torch.linalg.eigvalsh, list(scaled.chunk(workers)), workers))  # (n, r)
     else:
@@ -151,7 +152,9 @@ def side_factors(
     def grams(indices: list[int], dtype: torch.dtype) -> torch.Tensor:
         where = dev64 if dtype == torch.float64 else device
         if where.type == "cpu":
-            return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices))  # (n, r, r)
+            size = sum(factors[i].numel() for i in indices)
+            workers = None if size >= PARALLEL_MIN_ELEMENTS else 1  # threads cost more than tiny Grams
+            return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices, workers))
         return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])
 
     use64 = always_float64
@@ -172,7 +175,7 @@ def side_factors(
 def core_singular_values(L_B: torch.Tensor, L_A: torch.Tensor) -> torch.Tensor:
     """Singular values of the cores L_B^T L_A (n, r, r) in float64, descending: those of each B @ A."""
     C = L_B.double().transpose(-1, -2) @ L_A.double()  # (n, r, r) @ (n, r, r) -> (n, r, r)
-    if C.device.type != "cpu" or C.shape[0] < 16:
+    if C.device.type != "cpu" or C.numel() < PARALLEL_MIN_ELEMENTS // 8:
         return torch.linalg.svdvals(C)
     workers = outer_threads()
     parts = list(C.chunk(workers))  # LAPACK loops over the batch on one thread: split it
