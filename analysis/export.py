@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, load_adapter
 from analysis.para import RankAllocation
 from analysis.spectra import truncated_factors
+from analysis.threads import engine_threads, map_workers
 
 ExportFormat = Literal["peft", "kohya"]
 REPORT_NAME = "RANKS.md"
@@ -143,10 +144,10 @@ def compress_adapter(
     if allocation.names != names:
         raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
     tensors: dict[str, torch.Tensor] = {}
-    for module, k in zip(adapter.modules, allocation.ranks, strict=True):
-        if k == 0:
-            continue
-        B_k, A_k = truncated_factors(module, k, dtype=_factor_dtype(module))
+    kept = [(module, k) for module, k in zip(adapter.modules, allocation.ranks, strict=True) if k > 0]
+    with engine_threads():  # modules on worker threads, each with one-thread BLAS
+        factors = map_workers(lambda mk: truncated_factors(mk[0], mk[1], dtype=_factor_dtype(mk[0])), kept)
+    for (module, _), (B_k, A_k) in zip(kept, factors, strict=True):
         if format == "kohya":
             prefix = adapter.kohya_prefixes.get(module.name, module.name)
             tensors.update(_kohya_tensors(prefix, module, B_k.contiguous(), A_k.contiguous()))

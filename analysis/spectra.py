@@ -2,13 +2,14 @@
 
 Never forms the dense (out, in) update. Fast path: Gram matrices B^T B and A A^T (r x r), their
 Cholesky factors L_B, L_A, and the singular values of the r x r core L_B^T L_A (the same core as the
-QR route, R_B R_A^T, up to signs). Modules whose Grams are too ill-conditioned for the requested accuracy
-fall back to QR (R only) in float64. Batched over modules of equal shape, on cuda / mps / cpu.
-No streamlit here.
+QR route, R_B R_A^T, up to signs). Each Gram is float32 where its estimated error allows and float64
+where not (analysis/grams.py); modules still too ill-conditioned fall back to QR (R only) in float64.
+Batched over modules of equal shape, on cuda / mps / cpu. No streamlit here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,13 +18,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from analysis import grams, threads
 from analysis.adapters import LoraAdapter, LoraModule
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 # The Gram route squares condition numbers: when B's (or A's) columns are nearly dependent, small singular
-# values of B A lose relative accuracy. Modules whose estimated relative error exceeds this are redone in
-# float64 by QR; 5e-6 keeps the float32 path >= 20x inside the 1e-4 agreement target of bench/.
+# values of B A lose relative accuracy. A side whose estimated relative error exceeds half of this in float32
+# is formed in float64; a module whose estimate still exceeds it is redone by QR in float64. The estimate
+# is within ~1.1x of the measured error (tests/test_spectra.py), so 5e-6 keeps the float32 path >= 15x
+# inside the 1e-4 agreement target of bench/.
 GRAM_REL_TOL = 5e-6
 
 
@@ -84,7 +88,9 @@ class AdapterSpectra:
     dtype: str
     seconds: float
     n_fallback: int = 0
-    """Modules recomputed in float64 by QR because their Gram matrices were ill-conditioned."""
+    """Modules recomputed in float64 by QR because even their float64 Gram matrices were too ill-conditioned."""
+    n_float64_gram: int = 0
+    """Modules whose Gram of B or of A was formed in float64 because a float32 one was not accurate enough."""
 
     @property
     def total_energy(self) -> float:
@@ -112,6 +118,7 @@ def pick_device(device: DeviceName = "auto") -> torch.device:
 
 def _qr_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor:
     """Singular values of each B @ A in float64 from R factors only: R_B R_A^T is the r x r core."""
+    device = torch.device("cpu") if device.type == "mps" else device  # mps has no float64
     out = []
     for m in modules:
         R_B = torch.linalg.qr(m.B.to(device, torch.float64), mode="r").R  # (min(out, r), r)
@@ -121,37 +128,24 @@ def _qr_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor
     return torch.stack(out)
 
 
-def _grams(modules: list[LoraModule], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacked r x r Grams B^T B and A A^T, one module at a time (no (n, out, r) copy of the factors)."""
-    G_B, G_A = [], []
-    for m in modules:
-        B = m.B.to(device, dtype)
-        A = m.A.to(device, dtype)
-        G_B.append(B.T @ B)  # (r, out) @ (out, r) -> (r, r)
-        G_A.append(A @ A.T)  # (r, in) @ (in, r) -> (r, r)
-    return torch.stack(G_B), torch.stack(G_A)  # (n, r, r) each
+def _gram_route(group: list[LoraModule], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Singular values of a group of equal-shape modules from Cholesky factors of their Grams.
 
-
-def _gram_svdvals(G_B: torch.Tensor, G_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values of B @ A from its r x r Grams via their Cholesky factors, and an error estimate.
-
-    With B^T B = L_B L_B^T and A A^T = L_A L_A^T, the singular values of B A are those of L_B^T L_A.
+    CPU (and mps): each side in float32 where its error estimate allows, float64 otherwise
+    (`grams.side_factors`), on worker threads with one-thread BLAS (analysis/threads.py). CUDA: both
+    sides in float64 (cheap there), with no per-module host syncs.
 
     Returns:
-        (sigma (n, r), estimated relative error of the smallest value (n,); inf where Cholesky failed).
+        (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a float64 Gram).
     """
-    L_B, info_B = torch.linalg.cholesky_ex(G_B)
-    L_A, info_A = torch.linalg.cholesky_ex(G_A)
-    sigma = torch.linalg.svdvals(L_B.transpose(-1, -2) @ L_A)  # (n, r, r) @ (n, r, r) -> (n, r)
-    # Error estimate: eps times the condition numbers of the diagonally scaled Grams, read off the Cholesky
-    # diagonals (L_s = D^-1/2 L). It tracks the measured error within ~15x on graded, random and
-    # near-dependent factors (see tests/test_spectra.py); graded spectra alone do not trigger it.
-    eps = torch.finfo(G_B.dtype).eps
-    s_B = L_B.diagonal(dim1=-2, dim2=-1) / G_B.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
-    s_A = L_A.diagonal(dim1=-2, dim2=-1) / G_A.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
-    err = eps * (s_B.amin(-1) ** -2 + s_A.amin(-1) ** -2)
-    failed = (info_B != 0) | (info_A != 0) | ~torch.isfinite(err)
-    return sigma, torch.where(failed, torch.full_like(err, float("inf")), err)
+    is_cuda = device.type == "cuda"
+    with contextlib.nullcontext() if is_cuda else threads.engine_threads():
+        # each side gets half the error budget, so their sum stays within GRAM_REL_TOL
+        B_side, A_side = [m.B for m in group], [m.A for m in group]
+        L_B, err_B, is64_B = grams.side_factors(B_side, "B", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
+        L_A, err_A, is64_A = grams.side_factors(A_side, "A", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
+        sigma = grams.core_singular_values(L_B, L_A).cpu()
+    return sigma, (err_B + err_A).cpu(), int((is64_B | is64_A).sum())
 
 
 def adapter_spectra(
@@ -162,7 +156,8 @@ def adapter_spectra(
     Args:
         adapter: the loaded adapter.
         device: where to compute; `auto` picks cuda, then mps, then cpu.
-        dtype: float32 (default; Gram route with a float64 QR fallback) or float64 (QR route throughout).
+        dtype: float32 (default; Gram route, float64 Grams where needed, float64 QR as the last resort) or
+            float64 (QR route throughout).
 
     Returns:
         Spectra in module order, with the device, dtype and wall time used.
@@ -179,7 +174,7 @@ def adapter_spectra(
         groups[(m.out_features, m.in_features, m.r)].append(i)
 
     sigmas: list[np.ndarray | None] = [None] * len(adapter.modules)
-    n_fallback = 0
+    n_fallback = n_float64_gram = 0
     for (out_f, in_f, r), idx in groups.items():
         group = [adapter.modules[i] for i in idx]
         if r == 0:
@@ -187,8 +182,8 @@ def adapter_spectra(
         elif dtype == torch.float64 or r > min(out_f, in_f):
             values = _qr_svdvals(group, dev)
         else:
-            values, err = _gram_svdvals(*_grams(group, dev, dtype))
-            values = values.double().cpu()
+            values, err, n64 = _gram_route(group, dev)
+            n_float64_gram += n64
             bad = (err > GRAM_REL_TOL).nonzero().flatten().tolist()
             if bad:
                 n_fallback += len(bad)
@@ -206,7 +201,7 @@ def adapter_spectra(
     )
     seconds = time.perf_counter() - start
     dtype_name = str(dtype).removeprefix("torch.")
-    return AdapterSpectra(adapter.fingerprint, spectra, str(dev), dtype_name, seconds, n_fallback)
+    return AdapterSpectra(adapter.fingerprint, spectra, str(dev), dtype_name, seconds, n_fallback, n_float64_gram)
 
 
 # Relative error accepted from the float64 Cholesky route of `truncated_factors` before it falls back to QR.
@@ -237,31 +232,36 @@ def truncated_factors(
     """
     if not 0 <= k <= module.r:
         raise ValueError(f"k must be in [0, {module.r}] for module {module.name}, got {k}")
-    B = module.B.double()
-    A = module.A.double()
     if 0 < module.r <= min(module.out_features, module.in_features):
-        factors = _cholesky_truncation(B, A, module.scaling, k)
+        with threads.engine_threads():
+            factors = _cholesky_truncation(module, k, dtype)
         if factors is not None:
-            return factors[0].to(dtype), factors[1].to(dtype)
+            return factors
+    B, A = module.B.double(), module.A.double()
     return tuple(x.to(dtype) for x in _qr_truncation(B, A, module.scaling, k))  # type: ignore[return-value]
 
 
-def _cholesky_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int):
-    G_B = B.T @ B  # (r, out) @ (out, r) -> (r, r)
-    G_A = A @ A.T  # (r, in) @ (in, r) -> (r, r)
+def _cholesky_truncation(module: LoraModule, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The Cholesky route of `truncated_factors` in float64 (None when the Grams are too ill-conditioned)."""
+    G_B = grams.side_gram(module.B, "B", torch.float64)  # (r, r)
+    G_A = grams.side_gram(module.A, "A", torch.float64)  # (r, r)
     L_B, info_B = torch.linalg.cholesky_ex(G_B)
     L_A, info_A = torch.linalg.cholesky_ex(G_A)
     if info_B or info_A:
         return None
+    # quick guess of the squared condition numbers (Cholesky diagonal of the unit-diagonal Grams): it can be
+    # ~300x low on steep spectra, which at FACTORS_REL_TOL still leaves errors far below float32 rounding
     s_B = L_B.diagonal() / G_B.diagonal().sqrt()
     s_A = L_A.diagonal() / G_A.diagonal().sqrt()
-    if torch.finfo(torch.float64).eps * float(s_B.min() ** -2 + s_A.min() ** -2) > FACTORS_REL_TOL:
+    if grams.EPS64 * float(s_B.min() ** -2 + s_A.min() ** -2) > FACTORS_REL_TOL:
         return None
-    U, S, Vh = torch.linalg.svd(scaling * (L_B.T @ L_A))  # (r, r) core = R_B R_A^T
+    U, S, Vh = torch.linalg.svd(module.scaling * (L_B.T @ L_A))  # (r, r) core = R_B R_A^T
     root = S[:k].sqrt()
     M_B = torch.linalg.solve_triangular(L_B.T, U[:, :k] * root, upper=True)  # R_B^-1 U_k sqrt(S_k): (r, k)
     M_A = torch.linalg.solve_triangular(L_A, root[:, None] * Vh[:k], upper=False, left=False)  # (k, r) L_A^-1
-    return B @ M_B, M_A @ A  # (out, r) @ (r, k) and (k, r) @ (r, in)
+    B_k = grams.upcast_matmul(module.B, M_B, "B", dtype)  # (out, r) @ (r, k) -> (out, k)
+    A_k = grams.upcast_matmul(module.A, M_A, "A", dtype)  # (k, r) @ (r, in) -> (k, in)
+    return B_k, A_k
 
 
 def _qr_truncation(B: torch.Tensor, A: torch.Tensor, scaling: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,177 +1,171 @@
-"""Benchmark the engine against what users run today, on adapters with real model shapes.
+"""Benchmark the engine against what users run today, on adapters with real model shapes, CPU or CUDA.
 
-For each adapter: load, spectra (engine), full truncated factors, one allocation, export at the 25%
-budget, peak memory (maxrss of a fresh subprocess); in the same run, the dense baselines (form s*B@A and
-run svdvals, as kohya resize_lora and peft's conversion do; and torch.svd_lowrank) on a sample of modules
-per shape, extrapolated to the whole adapter; and floors from measured memory bandwidth and GEMM speed.
-`python bench/run.py --models minilm:32 llama2-7b:64 --out bench/results` prints a markdown table.
+For each adapter: load, spectra (the engine's path), load + spectra + one allocation, the factors of a
+full-rank export (compress_adapter at 100%), one allocation, export at the 25% parameter budget (compress
+and write), each the median of several runs after a warm-up; peak
+memory in a fresh process (bench/peak_memory.py); the dense baselines on sampled modules, extrapolated
+(bench/baselines.py); and a floor for each figure (bench/floors.py). Prints markdown tables, writes JSON
+and the tables to bench/results/. Synthetic adapters are generated into bench/out/ (git-ignored) on demand.
+
+    python bench/run.py                                   # the default set, on cuda when present
+    python bench/run.py --adapters llama2-7b:64 --device cpu --no-dense
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import platform
-import statistics
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from analysis.adapters import load_adapter  # noqa: E402
+from analysis.adapters import LoraAdapter, load_adapter  # noqa: E402
 from analysis.export import compress_adapter, save_adapter  # noqa: E402
 from analysis.para import allocate_ranks, para_index  # noqa: E402
-from analysis.spectra import adapter_spectra, truncated_factors  # noqa: E402
-from bench.make_adapter import make_adapter  # noqa: E402
+from analysis.spectra import adapter_spectra, pick_device  # noqa: E402
+from bench import floors  # noqa: E402
+from bench.baselines import measure_baselines  # noqa: E402
+from bench.machine import Limits, machine_info, measure_limits, median_time  # noqa: E402
+from bench.make_adapter import adapter_name, make_adapter  # noqa: E402
+from bench.report import markdown_tables  # noqa: E402
+
+DEFAULT_ADAPTERS = [
+    "sample:minilm-bbc-topic-lora-r32", "minilm:32", "minilm:32:steep", "llama2-7b:8", "llama2-7b:16",
+    "llama2-7b:64", "llama2-7b:64:balanced", "llama2-7b:128", "llama3-8b:64", "mistral-7b:64",
+]  # fmt: skip
 
 
-def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def adapter_folder(spec: str, work: Path) -> Path:
+    """`sample:NAME` (a bundled sample) or `model:rank[:style]` (generated into `work` unless already there)."""
+    if spec.startswith("sample:"):
+        return ROOT / "sample_adapters" / spec.removeprefix("sample:")
+    model, rank, *rest = spec.split(":")
+    style = rest[0] if rest else "trained"
+    folder = work / adapter_name(model, int(rank), style)
+    if not (folder / "adapter_model.safetensors").is_file():
+        print(f"generating {folder} ...", file=sys.stderr)
+        make_adapter(model, int(rank), folder, style=style)
+    return folder
 
 
-def machine_floors() -> dict[str, float]:
-    """Memory read bandwidth (GB/s, sum over 512 MB) and fp32 GEMM throughput (GFLOP/s, 2048^3)."""
-    x = torch.ones(128 * 1024 * 1024)  # 512 MB
-    read = median_time(lambda: x.sum(), repeats=5)
-    a = torch.randn(2048, 2048)
-    gemm = median_time(lambda: a @ a, repeats=5)
-    return {"read_gb_s": x.numel() * 4 / read / 1e9, "gemm_gflop_s": 2 * 2048**3 / gemm / 1e9}
+def on_device(adapter: LoraAdapter, device: torch.device) -> LoraAdapter:
+    """The same adapter with its factors moved to `device` (to time spectra from device-resident tensors)."""
+    modules = tuple(dataclasses.replace(m, A=m.A.to(device), B=m.B.to(device)) for m in adapter.modules)
+    return dataclasses.replace(adapter, modules=modules)
 
 
-def dense_baselines(adapter, per_shape: int = 2) -> dict[str, float]:
-    """Seconds for dense svdvals and svd_lowrank over the whole adapter, extrapolated from samples per shape."""
-    groups = defaultdict(list)
-    for m in adapter.modules:
-        groups[(m.out_features, m.in_features, m.r)].append(m)
-    dense = lowrank = 0.0
-    max_rel = 0.0
-    sampled = 0
-    spectra = {s.name: s for s in adapter_spectra(adapter).spectra}
-    for modules in groups.values():
-        sample = modules[:per_shape]
-        t_dense, t_low = [], []
-        for m in sample:
-            start = time.perf_counter()
-            delta = m.scaling * (m.B.float() @ m.A.float())  # (out, r) @ (r, in) -> (out, in)
-            values = torch.linalg.svdvals(delta)
-            t_dense.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            delta = m.scaling * (m.B.float() @ m.A.float())
-            torch.svd_lowrank(delta, q=min(2 * m.r, min(delta.shape)), niter=2)
-            t_low.append(time.perf_counter() - start)
-            exact = torch.linalg.svdvals(m.scaling * (m.B.double() @ m.A.double()))[: m.r].numpy()
-            got = spectra[m.name].sigma[: exact.shape[0]]
-            keep = exact > exact[0] * 1e-6
-            max_rel = max(max_rel, float(np.max(np.abs(got[keep] - exact[keep]) / exact[keep])))
-            del values
-        sampled += len(sample)
-        dense += statistics.mean(t_dense) * len(modules)
-        lowrank += statistics.mean(t_low) * len(modules)
-    return {"dense_svd_s": dense, "svd_lowrank_s": lowrank, "max_rel_error": max_rel, "sampled": sampled}
+def peak_memory(folder: Path, device: torch.device) -> dict[str, float]:
+    """Run bench/peak_memory.py in a fresh process (so earlier work in this one does not count)."""
+    cmd = [sys.executable, "-m", "bench.peak_memory", str(folder), "--device", device.type]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return {}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_rss_mb(folder: Path) -> float:
-    """Peak resident memory of a fresh process that loads, computes spectra and exports at 25%."""
-    code = (
-        "import resource,sys,tempfile; sys.path.insert(0, sys.argv[2]);"
-        "from analysis.adapters import load_adapter; from analysis.spectra import adapter_spectra;"
-        "from analysis.para import para_index, allocate_ranks;"
-        "from analysis.export import compress_adapter, save_adapter;"
-        "a=load_adapter(sys.argv[1]); al=allocate_ranks(para_index(adapter_spectra(a)), 0.25, 'params_fraction');"
-        "save_adapter(compress_adapter(a, al), tempfile.mkdtemp() + '/out');"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(folder), str(ROOT)], capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024 if out.returncode == 0 else float("nan")
-
-
-def bench_adapter(folder: Path, floors: dict[str, float], *, dense: bool = True) -> dict[str, float]:
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
-    load = median_time(lambda: load_adapter(folder), repeats=3)
+def bench_adapter(
+    folder: Path, device: torch.device, limits: Limits, *, repeats: int, dense: bool, per_shape: int
+) -> dict:
+    """Every figure of one adapter (seconds unless the key says otherwise)."""
+    dev = device.type
+    timed = {"repeats": repeats, "device": device}
+    load_s = median_time(lambda: load_adapter(folder), **timed)
     adapter = load_adapter(folder)
-    spectra = adapter_spectra(adapter)
-    t_spectra = median_time(lambda: adapter_spectra(adapter), repeats=5)
+    spectra = adapter_spectra(adapter, device=dev)
+    spectra_s = median_time(lambda: adapter_spectra(adapter, device=dev), **timed)
     index = para_index(spectra)
-    t_alloc = median_time(lambda: allocate_ranks(index, 0.9), repeats=50)
-    allocation = allocate_ranks(index, 0.25, "params_fraction")
-    t_factors = median_time(lambda: [truncated_factors(m, m.r) for m in adapter.modules], repeats=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        t_export = median_time(
-            lambda: save_adapter(compress_adapter(adapter, allocation), Path(tmp) / "out", overwrite=True), repeats=1
-        )
-    flops = sum(2 * (m.in_features + m.out_features) * m.r**2 + 10 * m.r**3 for m in adapter.modules)
-    floor = size / (floors["read_gb_s"] * 1e9) + flops / (floors["gemm_gflop_s"] * 1e9)
-    row = {
-        "adapter": folder.name, "modules": len(adapter.modules), "size_mb": size / 1e6, "load_s": load,
-        "spectra_s": t_spectra, "device": spectra.device, "fallback": spectra.n_fallback, "factors_s": t_factors,
-        "allocation_ms": t_alloc * 1e3, "export25_s": t_export, "floor_s": floor,
-        "spectra_over_floor": t_spectra / floor, "peak_rss_mb": peak_rss_mb(folder),
-    }  # fmt: skip
-    if dense:
-        row |= dense_baselines(adapter)
-        row["speedup_vs_dense"] = row["dense_svd_s"] / t_spectra
-        row["speedup_vs_lowrank"] = row["svd_lowrank_s"] / t_spectra
-    return row
-
-
-def markdown(rows: list[dict], floors: dict[str, float]) -> str:
-    head = ("| adapter | modules | MB | load s | spectra s | floor s | spectra/floor | allocation ms | factors s "
-            "| export 25% s | peak RSS MB | dense SVD s (extrap.) | svd_lowrank s (extrap.) | vs dense | vs lowrank "
-            "| max rel. err |")  # fmt: skip
-    lines = [head, "|" + " --- |" * 16]
-    for r in rows:
-        lines.append(
-            f"| {r['adapter']} | {r['modules']} | {r['size_mb']:.0f} | {r['load_s']:.3f} | {r['spectra_s']:.3f} "
-            f"| {r['floor_s']:.3f} | {r['spectra_over_floor']:.1f}x | {r['allocation_ms']:.3f} | {r['factors_s']:.2f} "
-            f"| {r['export25_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('dense_svd_s', float('nan')):.0f} "
-            f"| {r.get('svd_lowrank_s', float('nan')):.1f} | {r.get('speedup_vs_dense', float('nan')):,.0f}x "
-            f"| {r.get('speedup_vs_lowrank', float('nan')):,.0f}x | {r.get('max_rel_error', float('nan')):.1e} |"
-        )
-    lines.append(
-        f"\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}; read {floors['read_gb_s']:.1f} GB/s, fp32 GEMM {floors['gemm_gflop_s']:.0f} GFLOP/s."
+    allocation_s = median_time(lambda: allocate_ranks(index, 0.9), repeats=200, device=device)
+    end_to_end_s = median_time(
+        lambda: allocate_ranks(para_index(adapter_spectra(load_adapter(folder), device=dev)), 0.9), **timed
     )
-    return "\n".join(lines)
+    full_ranks = [m.r for m in adapter.modules]
+    full = allocate_ranks(index, 1.0, "params_fraction")  # every rank kept: the factors of a full export
+    factors_s = median_time(lambda: compress_adapter(adapter, full), repeats=3)
+    cut = allocate_ranks(index, 0.25, "params_fraction")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_s = median_time(
+            lambda: save_adapter(compress_adapter(adapter, cut), Path(tmp) / "out", overwrite=True), repeats=3
+        )
+    out_bytes = adapter.modules[0].A.element_size() if adapter.modules else 4
+    row = {
+        "adapter": folder.name,
+        "modules": len(adapter.modules),
+        "rank": max(full_ranks, default=0),
+        "dtype": str(adapter.modules[0].A.dtype).removeprefix("torch.") if adapter.modules else "",
+        "file_mb": adapter.file_size / 1e6,
+        "device": spectra.device,
+        "n_fallback": spectra.n_fallback,
+        "n_float64_gram": spectra.n_float64_gram,
+        "load_s": load_s,
+        "spectra_s": spectra_s,
+        "end_to_end_s": end_to_end_s,
+        "allocation_ms": allocation_s * 1e3,
+        "factors_s": factors_s,
+        "export25_s": export_s,
+        "export25_params_fraction": cut.params_fraction,
+        "gram_gflop": floors.gram_flops(adapter) / 1e9,
+        "floor_load_s": floors.load_floor(adapter.file_size, limits),
+        "floor_spectra_s": floors.spectra_floor(adapter, limits),
+        "floor_allocation_ms": floors.allocation_floor(cut.n_kept, len(adapter.modules), limits) * 1e3,
+        "floor_factors_s": floors.factors_floor(adapter, full_ranks, limits, out_bytes),
+        "floor_export25_s": floors.factors_floor(adapter, cut.ranks, limits, out_bytes),
+    }
+    if device.type == "cuda":
+        resident = on_device(adapter, device)
+        row["spectra_resident_s"] = median_time(lambda: adapter_spectra(resident, device=dev), **timed)
+        row["floor_spectra_host_s"] = floors.spectra_floor(adapter, limits, read_gb_s=limits.h2d_gb_s)
+        del resident
+    row |= {f"memory_{k}": v for k, v in peak_memory(folder, device).items()}
+    if dense:
+        row |= {f"baseline_{k}": v for k, v in measure_baselines(adapter, spectra, device, per_shape=per_shape)
+                .as_dict().items()}  # fmt: skip
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["minilm:32", "llama2-7b:64"], help="model:rank")
-    parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where adapters are generated")
+    specs = "model:rank[:style] (llama2-7b, llama3-8b, mistral-7b, minilm; trained, balanced, steep) or sample:NAME"
+    parser.add_argument("--adapters", nargs="+", default=DEFAULT_ADAPTERS, help=specs)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median), after one warm-up")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense baselines (minutes per 7B adapter)")
+    parser.add_argument("--per-shape", type=int, default=1, help="modules per shape timed for the dense baselines")
+    parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where synthetic adapters are generated")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--no-dense", action="store_true", help="skip the dense baselines")
     args = parser.parse_args()
-    floors = machine_floors()
+
+    device = pick_device(args.device)
+    machine = machine_info(device)
+    print(f"machine: {machine.line()}", file=sys.stderr)
+    folders = [adapter_folder(spec, Path(args.work)) for spec in args.adapters]
+    limits = measure_limits(device)
+    print(f"limits: {limits}", file=sys.stderr)
     rows = []
-    for spec in args.models:
-        model, rank = spec.split(":")
-        folder = Path(args.work) / f"{model}-r{rank}"
-        if not (folder / "adapter_model.safetensors").is_file():
-            make_adapter(model, int(rank), folder)
-        rows.append(bench_adapter(folder, floors, dense=not args.no_dense))
+    for folder in folders:
+        rows.append(bench_adapter(folder, device, limits, repeats=args.repeats, dense=not args.no_dense,
+                                  per_shape=args.per_shape))  # fmt: skip
         print(json.dumps(rows[-1]), file=sys.stderr)
-    table = markdown(rows, floors)
-    print(table)
+    load_after = os.getloadavg()
+    tables = markdown_tables(rows, machine, limits, load_after)
+    print(tables)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    (out / f"{device}-{stamp}.json").write_text(json.dumps({"floors": floors, "rows": rows}, indent=1))
+    stamp = time.strftime("%Y-%m-%d-%H%M")
+    record = {"machine": dataclasses.asdict(machine), "limits": limits.as_dict(), "load_average_end": load_after,
+              "rows": rows, "command": " ".join(sys.argv)}  # fmt: skip
+    (out / f"{device.type}-{stamp}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / f"{device.type}-{stamp}.md").write_text(tables + "\n")
 
 
 if __name__ == "__main__":

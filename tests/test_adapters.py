@@ -256,3 +256,19 @@ def test_load_adapter_missing_path_and_unknown_format(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(AdapterError, match="unknown adapter format"):
         load_adapter(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_load_adapter_finite_check_is_exact(tmp_path, tiny_peft_dir, dtype):
+    first_a = next(k for k in load_file(tiny_peft_dir / "adapter_model.safetensors") if k.endswith("lora_A.weight"))
+
+    def adapter_with(name: str, value: float):
+        folder = tmp_path / name
+        shutil.copytree(tiny_peft_dir, folder)
+        _rewrite(folder, lambda t: t.update({k: v.to(dtype) for k, v in t.items()}) or t[first_a].fill_(value))
+        return folder
+
+    # finite values whose sum overflows: the quick sum is not enough, the exact check must accept them
+    assert load_adapter(adapter_with("huge", torch.finfo(dtype).max)).modules
+    with pytest.raises(AdapterError, match="NaN or Inf values in module"):
+        load_adapter(adapter_with("inf", -float("inf")))

@@ -1,4 +1,5 @@
-"""Spectra: chosen singular values come back; factor space equals a float64 dense SVD; Gram fallback."""
+"""Spectra: chosen singular values come back; factor space equals a float64 dense SVD; float64 Grams and QR
+where float32 Grams are not accurate enough, with an error estimate that bounds the measured error."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis import grams
 from analysis.adapters import LoraAdapter, LoraModule
 from analysis.spectra import adapter_spectra, truncated_factors
+from bench.make_adapter import module_factors
 
 
 def adapter_of(*modules: LoraModule) -> LoraAdapter:
@@ -39,15 +42,61 @@ def test_adapter_spectra_equals_dense_svd(dtype):
         assert s.r == m.r and np.all(np.diff(s.sigma) <= 1e-12)
 
 
-def test_adapter_spectra_falls_back_on_near_dependent_factors():
+def test_adapter_spectra_uses_float64_grams_for_near_dependent_factors():
     g = torch.Generator().manual_seed(1)
-    # B nearly rank 2 + tiny noise: the Gram route would lose the small singular values.
+    # B nearly rank 2 + tiny noise: a float32 Gram would lose the small singular values, a float64 one does not.
     B = torch.randn(256, 2, generator=g) @ torch.randn(2, 16, generator=g) + 1e-4 * torch.randn(256, 16, generator=g)
     A = torch.randn(16, 128, generator=g)
     spectra = adapter_spectra(adapter_of(LoraModule("m", A, B, 1.0)))
     expected = torch.linalg.svdvals(B.double() @ A.double()).numpy()[:16]
-    assert spectra.n_fallback == 1
+    assert spectra.n_float64_gram == 1 and spectra.n_fallback == 0
     np.testing.assert_allclose(spectra.spectra[0].sigma, expected, rtol=1e-4)
+
+
+def test_adapter_spectra_falls_back_to_qr_when_float64_grams_are_not_enough():
+    g = torch.Generator().manual_seed(2)
+    # B nearly rank 2 + noise 1e-7 of its scale: cond(B) ~1e7, so even float64 Grams (cond^2 ~1e14) fail.
+    B = torch.randn(256, 2, generator=g) @ torch.randn(2, 16, generator=g) + 1e-7 * torch.randn(256, 16, generator=g)
+    A = torch.randn(16, 128, generator=g)
+    modules = [LoraModule("bad", A, B, 1.0), LoraModule("good", A, torch.randn(256, 16, generator=g), 1.0)]
+    spectra = adapter_spectra(adapter_of(*modules))
+    assert spectra.n_fallback == 1
+    for m, s in zip(modules, spectra.spectra, strict=True):
+        expected = torch.linalg.svdvals(m.B.double() @ m.A.double()).numpy()[:16]
+        keep = expected > expected[0] * 1e-9  # below that the float64 dense reference itself is noise
+        np.testing.assert_allclose(s.sigma[keep], expected[keep], rtol=1e-4)
+
+
+@pytest.mark.parametrize("style", ["trained", "balanced", "steep"])
+def test_gram_error_estimate_bounds_the_measured_error(style):
+    g = torch.Generator().manual_seed(3)
+    for d_out, d_in, r in [(384, 96, 16), (96, 384, 32)]:
+        B, A = module_factors(d_out, d_in, r, style, g)
+        B, A = B.float(), A.float()
+        R_B = torch.linalg.qr(B.double(), mode="r").R  # (r, r)
+        R_A = torch.linalg.qr(A.double().T, mode="r").R  # (r, r)
+        exact = torch.linalg.svdvals(R_B @ R_A.T)  # the float64 QR route: (r, r) @ (r, r)
+        for dtype in (torch.float32, torch.float64):
+            L_B, _, kappa_B = grams.cholesky_factors(grams.side_gram(B, "B", dtype)[None])
+            L_A, _, kappa_A = grams.cholesky_factors(grams.side_gram(A, "A", dtype)[None])
+            if not (torch.isfinite(kappa_B).all() and torch.isfinite(kappa_A).all()):
+                continue  # Cholesky failed: the engine goes to QR
+            estimate = torch.finfo(dtype).eps * (kappa_B + kappa_A)
+            got = grams.core_singular_values(L_B, L_A)[0]
+            error = float(((got - exact).abs() / exact).max())
+            assert error <= 2 * float(estimate[0]) + 1e-14, (style, dtype, error, float(estimate[0]))
+
+
+def test_adapter_spectra_trained_like_adapter_agrees_with_float64():
+    g = torch.Generator().manual_seed(4)
+    modules = [LoraModule(f"m{i}", *reversed(module_factors(512, 256, 32, "trained", g)), 2.0) for i in range(3)]
+    modules = [LoraModule(m.name, m.A.float(), m.B.float(), m.scaling) for m in modules]
+    spectra = adapter_spectra(adapter_of(*modules))
+    reference = adapter_spectra(adapter_of(*modules), dtype=torch.float64)
+    for s, ref in zip(spectra.spectra, reference.spectra, strict=True):
+        np.testing.assert_allclose(s.sigma, ref.sigma, rtol=1e-5)
+    assert spectra.n_float64_gram == 3  # B of a trained adapter is ill-conditioned: float64, not QR
+    assert spectra.n_fallback == 0
 
 
 def test_spectrum_metrics_known_answers(chosen_factors):
@@ -84,3 +133,18 @@ def test_adapter_spectra_on_cuda_matches_cpu(chosen_factors):
     adapter = adapter_of(LoraModule("m", A, B, 1.0))
     on_gpu = adapter_spectra(adapter, device="cuda").spectra[0].sigma
     np.testing.assert_allclose(on_gpu, adapter_spectra(adapter, device="cpu").spectra[0].sigma, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_adapter_spectra_on_cuda_matches_cpu_on_trained_and_steep_factors():
+    g = torch.Generator().manual_seed(5)
+    modules = []
+    for i, style in enumerate(["trained", "trained", "balanced", "steep"]):
+        B, A = module_factors(512, 256, 32, style, g)
+        modules.append(LoraModule(f"m{i}", A.float(), B.float(), 2.0))
+    adapter = adapter_of(*modules)
+    on_gpu = adapter_spectra(adapter, device="cuda")
+    on_cpu = adapter_spectra(adapter, device="cpu")
+    assert on_gpu.device.startswith("cuda") and on_gpu.n_fallback == 1  # the steep module goes to QR there too
+    for g_s, c_s in zip(on_gpu.spectra, on_cpu.spectra, strict=True):
+        np.testing.assert_allclose(g_s.sigma, c_s.sigma, rtol=1e-5)

@@ -1,0 +1,182 @@
+"""r x r Gram matrices of LoRA factors and their Cholesky factors, each side at the precision it needs.
+
+The singular values of B @ A are those of the r x r core L_B^T L_A, where B^T B = L_B L_B^T and
+A A^T = L_A L_A^T. A Gram squares its factor's condition number, so a float32 Gram of an ill-conditioned
+factor loses the small singular values. Each side (B or A) is formed in float32 and redone in float64 only
+where its error estimate says float32 is not enough. Trained adapters have a well-conditioned A (its random
+init) and a B about as ill-conditioned as the update, so B is usually the side in float64.
+On the CPU the products run on worker threads with one-thread BLAS (analysis/threads.py). No streamlit here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+
+from analysis.threads import map_workers, numpy_blas_is_single_threaded, outer_threads
+
+Side = Literal["B", "A"]
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+PARALLEL_MIN_ELEMENTS = 1 << 20  # below this much factor data (or 1/8 of it in r x r batches), one thread
+CHUNK_BYTES = 1024 * 1024  # one upcast block (fewer, larger blocks: less Python per module)
+_local = threading.local()  # per-thread upcast buffers
+
+
+def _buffer(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """This thread's reusable upcast buffer viewed as `shape` (fresh pages per module cost page faults)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < shape[0] * shape[1]:
+        buf = _local.buffer = torch.empty(max(shape[0] * shape[1], CHUNK_BYTES // 4), dtype=dtype)
+    return buf[: shape[0] * shape[1]].view(shape)
+
+
+def _blocks(X: torch.Tensor, side: Side, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (range, block): X's blocks of about CHUNK_BYTES upcast to `dtype` in this thread's buffer.
+
+    Side "B": X is (out, r), blocks are row ranges (count, r). Side "A": X is (r, in), blocks are column
+    ranges (r, count). Either way a block copies contiguous runs of X.
+    """
+    r, n = (X.shape[1], X.shape[0]) if side == "B" else (X.shape[0], X.shape[1])
+    step = max(1, CHUNK_BYTES // (r * torch.finfo(dtype).bits // 8))
+    whole = _buffer((min(step, n), r) if side == "B" else (r, min(step, n)), dtype)
+    for start in range(0, n, step):
+        span = slice(start, min(start + step, n))
+        block = whole[: span.stop - start] if side == "B" else whole[:, : span.stop - start]
+        block.copy_(X[span] if side == "B" else X[:, span])  # upcast (count, r) or (r, count)
+        yield span, block
+
+
+def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
+    """B^T B for side "B" (X is (out, r)) or A A^T for side "A" (X is (r, in)), in `dtype`.
+
+    On the CPU an upcast is done block by block into a reused buffer (`_blocks`), accumulating the Gram:
+    converting whole factors into fresh memory costs page faults, dearer than the arithmetic on VMs. While
+    numpy's BLAS is held at one thread (analysis/threads.py), float64 blocks go through numpy, which turns
+    `a.T @ a` into one syrk call: half the flops of a general matmul, ~2x faster than torch's here.
+    """
+    if X.dtype == dtype or X.device.type != "cpu":
+        X = X.to(dtype)  # no copy when X already has this dtype
+        return X.T @ X if side == "B" else X @ X.T  # (r, out) @ (out, r) or (r, in) @ (in, r) -> (r, r)
+    r = X.shape[1] if side == "B" else X.shape[0]
+    if dtype == torch.float64 and numpy_blas_is_single_threaded():
+        G = np.zeros((r, r))
+        for _, block in _blocks(X, side, dtype):
+            a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
+            G += a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
+        return torch.from_numpy(G)
+    G = torch.zeros(r, r, dtype=dtype)
+    for _, block in _blocks(X, side, dtype):
+        if side == "B":
+            G.addmm_(block.T, block)  # G += (r, count) @ (count, r)
+        else:
+            G.addmm_(block, block.T)  # G += (r, count) @ (count, r)
+    return G
+
+
+def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
+    """B @ M (side "B": X = B (out, r), M (r, k)) or M @ A (side "A": X = A (r, in), M (k, r)) in float64.
+
+    X is upcast block by block (`_blocks`) and each block's product is written straight into the result,
+    returned in `dtype`: (out, k) for "B", (k, in) for "A".
+    """
+    M = M.double()
+    shape = (X.shape[0], M.shape[1]) if side == "B" else (M.shape[0], X.shape[1])
+    out = torch.empty(shape, dtype=dtype, device=X.device)
+    if X.device.type != "cpu":
+        X = X.double()
+        out.copy_(X @ M if side == "B" else M @ X)  # (out, r) @ (r, k) or (k, r) @ (r, in)
+        return out
+    for span, block in _blocks(X, side, torch.float64):
+        if side == "B":
+            out[span] = block @ M  # (count, r) @ (r, k) -> (count, k)
+        else:
+            out[:, span] = M @ block  # (k, r) @ (r, count) -> (k, count)
+    return out
+
+
+def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched Cholesky factors of Grams (n, r, r) with the condition number of each.
+
+    The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1/2 G D^-1/2 (column scaling
+    does not hurt a Cholesky route, only directions do), from its eigenvalues in float64: eps x it tracks
+    the measured relative error of the singular values of B A within ~1.1x on graded, trained-like, steep
+    and near-dependent factors (tests/test_spectra.py). The cheaper Cholesky-diagonal guess was up to ~280x
+    low on steep spectra, and power iteration cost more than this on the CPU.
+
+    Returns:
+        (L (n, r, r) float64, sqrt(diag G) (n, r) float64, condition number (n,) float64; inf where the
+        factorisation failed or G_s is numerically singular).
+    """
+    L, info = torch.linalg.cholesky_ex(G)
+    G = G.double()
+    d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
+    scaled = G / (d[..., :, None] * d[..., None, :])  # unit diagonal: (n, r, r)
+    if scaled.device.type == "cpu" and scaled.numel() >= PARALLEL_MIN_ELEMENTS // 8:
+        workers = outer_threads()
+        eigen = torch.cat(map_workers(torch.linalg.eigvalsh, list(scaled.chunk(workers)), workers))  # (n, r)
+    else:
+        eigen = torch.linalg.eigvalsh(scaled)  # ascending: (n, r)
+    kappa = eigen[:, -1] / eigen[:, 0]
+    bad = (info != 0) | ~(eigen[:, 0] > 0) | ~torch.isfinite(kappa)
+    return L.double(), d, torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
+
+
+def side_factors(
+    factors: list[torch.Tensor], side: Side, tol: float, device: torch.device, *, always_float64: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cholesky factors of one side of a group of equal-shape modules, float32 where that is accurate enough.
+
+    The first module's float32 Gram picks the group's precision (float64 if its error estimate exceeds
+    `tol`); all Grams are then formed in that precision and factored in one batch, and float32 ones whose
+    estimate exceeds `tol` are redone in float64. A side that is consistently ill-conditioned (B of a
+    trained adapter) thus costs one float64 Gram per module, not a float32 one thrown away and a float64 one.
+
+    Args:
+        factors: B (out, r) or A (r, in) of each module (same shape), on any device.
+        side: which factor they are.
+        tol: relative error allowed for this side's contribution to the singular values.
+        device: where to compute (float64 is done on the cpu for mps, which has none).
+        always_float64: skip float32 (the CUDA route, where float64 is cheap and host syncs are not).
+
+    Returns:
+        (L (n, r, r) float64, error estimate (n,) float64 (inf where even float64 Cholesky failed), whether
+        each module's Gram is float64 (n,) bool), on the compute device (the cpu for mps).
+    """
+    dev64 = torch.device("cpu") if device.type == "mps" else device
+
+    def grams(indices: list[int], dtype: torch.dtype) -> torch.Tensor:
+        where = dev64 if dtype == torch.float64 else device
+        if where.type == "cpu":
+            size = sum(factors[i].numel() for i in indices)
+            workers = None if size >= PARALLEL_MIN_ELEMENTS else 1  # threads cost more than tiny Grams
+            return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices, workers))
+        return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])
+
+    use64 = always_float64
+    if not use64:
+        _, _, kappa = cholesky_factors(grams([0], torch.float32))
+        use64 = bool(EPS32 * kappa[0] > tol)
+    everyone = list(range(len(factors)))
+    L, d, kappa = cholesky_factors(grams(everyone, torch.float64 if use64 else torch.float32))
+    is_float64 = torch.full((len(factors),), use64, device=dev64)
+    redo = (~is_float64 & (EPS32 * kappa > tol)).nonzero().flatten().tolist()
+    if redo:
+        L[redo], d[redo], kappa[redo] = cholesky_factors(grams(redo, torch.float64))
+        is_float64[redo] = True
+    eps = torch.where(is_float64, EPS64, EPS32).to(kappa.dtype)
+    return L, eps * kappa, is_float64
+
+
+def core_singular_values(L_B: torch.Tensor, L_A: torch.Tensor) -> torch.Tensor:
+    """Singular values of the cores L_B^T L_A (n, r, r) in float64, descending: those of each B @ A."""
+    C = L_B.double().transpose(-1, -2) @ L_A.double()  # (n, r, r) @ (n, r, r) -> (n, r, r)
+    if C.device.type != "cpu" or C.numel() < PARALLEL_MIN_ELEMENTS // 8:
+        return torch.linalg.svdvals(C)
+    workers = outer_threads()
+    parts = list(C.chunk(workers))  # LAPACK loops over the batch on one thread: split it
+    return torch.cat(map_workers(torch.linalg.svdvals, parts, workers))  # (n, r)

@@ -1,0 +1,99 @@
+"""Threads for the CPU engine: our own worker threads, each running one-thread torch and numpy BLAS calls.
+
+Measured on a shared 2-core VM: torch's OpenMP regions and OpenBLAS's helper threads wait for descheduled
+helpers, which made a 640 MB adapter's spectra 5-20x slower while other jobs ran (and numpy's threaded
+syrk 10-100x slower). Worker threads that each call one-thread BLAS never wait for one another. numpy's
+BLAS is set to one thread through threadpoolctl (installed with scikit-learn) only while the engine runs;
+without threadpoolctl the engine uses torch's BLAS throughout. No streamlit here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+_local = threading.local()
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None
+_blas_controller: Any = None
+
+
+def outer_threads() -> int:
+    """The thread count the caller had before `engine_threads` set torch to one: the number of workers."""
+    return getattr(_local, "outer_threads", None) or torch.get_num_threads()
+
+
+def numpy_blas_is_single_threaded() -> bool:
+    """Whether numpy's BLAS is currently held at one thread by `engine_threads` (so workers may call it)."""
+    return _blas_users > 0 and _blas_limiter is not None
+
+
+def _limit_numpy_blas() -> Any:
+    """A threadpoolctl limiter holding numpy's BLAS at one thread, or None without threadpoolctl."""
+    global _blas_controller
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+@contextmanager
+def engine_threads() -> Iterator[None]:
+    """In this block torch runs on one thread in this thread, and numpy's BLAS on one thread everywhere.
+
+    torch.set_num_threads acts per thread under OpenMP, so other threads keep their setting. numpy's BLAS
+    limit is process-wide: it is taken by the first engine call in and restored by the last one out.
+    """
+    global _blas_users, _blas_limiter
+    if getattr(_local, "outer_threads", None) is not None:  # already inside
+        yield
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _limit_numpy_blas()
+        _blas_users += 1
+    n = _local.outer_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+        _local.outer_threads = None
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """[fn(x) for x in items] on `workers` threads (default `outer_threads()`), each with one-thread torch.
+
+    torch and numpy release the GIL inside their kernels, so two workers keep two cores busy.
+    """
+    workers = min(workers or outer_threads(), len(items))
+    if workers <= 1:
+        with engine_threads():
+            return [fn(x) for x in items]
+
+    def run(part: Sequence[T]) -> list[R]:
+        torch.set_num_threads(1)  # this pool's own thread: no need to restore
+        return [fn(x) for x in part]
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
+    out: list[R] = [None] * len(items)  # type: ignore[list-item]
+    for w, part in enumerate(parts):
+        out[w::workers] = part
+    return out

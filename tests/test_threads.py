@@ -1,0 +1,59 @@
+"""Engine threads: settings are restored, workers keep item order, both float64 Gram kernels agree."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from analysis import grams, threads
+
+
+def test_engine_threads_restores_torch_threads_and_is_reentrant():
+    before = torch.get_num_threads()
+    with threads.engine_threads():
+        assert torch.get_num_threads() == 1
+        assert threads.outer_threads() == before
+        with threads.engine_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_engine_threads_restores_numpy_blas_limits():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    with threads.engine_threads():
+        assert threads.numpy_blas_is_single_threaded()
+        inside = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        assert all(n == 1 for n in inside)
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before and not threads.numpy_blas_is_single_threaded()
+
+
+def test_map_workers_keeps_order_and_uses_worker_threads():
+    seen = set()
+
+    def square(x: int) -> int:
+        seen.add(threading.get_ident())
+        assert torch.get_num_threads() == 1
+        return x * x
+
+    assert threads.map_workers(square, list(range(7)), workers=2) == [x * x for x in range(7)]
+    assert threading.get_ident() not in seen
+    assert threads.map_workers(square, [3], workers=2) == [9]
+
+
+@pytest.mark.parametrize("side", ["B", "A"])
+def test_float64_gram_kernels_agree(side, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3000, 24, generator=g) if side == "B" else torch.randn(24, 3000, generator=g)
+    exact = X.double().T @ X.double() if side == "B" else X.double() @ X.double().T
+    monkeypatch.setattr(grams, "CHUNK_BYTES", 4096)  # many blocks, a ragged last one
+    monkeypatch.setattr(grams, "numpy_blas_is_single_threaded", lambda: False)
+    with_torch = grams.side_gram(X, side, torch.float64)
+    monkeypatch.setattr(grams, "numpy_blas_is_single_threaded", lambda: True)
+    with_numpy = grams.side_gram(X, side, torch.float64)
+    torch.testing.assert_close(with_torch, exact, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(with_numpy, exact, rtol=1e-12, atol=1e-12)
