@@ -79,11 +79,11 @@ def test_allocation_params_counts_and_rejects_foreign_modules():
         allocation_params(index, {"layers.0.k": 1})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 8), st.integers(2, 64), st.integers(2, 64)), min_size=1, max_size=8),
     seed=st.integers(0, 2**31 - 1),
-    target=st.floats(0, 1.2),
+    target=st.floats(0, 1),
     min_rank=st.sampled_from([0, 1]),
 )
 def test_match_budget_is_the_nearest_achievable_count(shapes, seed, target, min_rank):
