@@ -2,12 +2,14 @@
 
 Cached objects are shared by every session, so they are treated as read-only (ParaIndex arrays are
 write-protected). Spectra are cached per adapter fingerprint; a slider move never recomputes them.
+Task evaluations are cached per (fingerprint, task, split, split digest[, cut position, min rank]).
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -15,6 +17,7 @@ import streamlit as st
 from analysis.adapters import LoraAdapter, load_adapter
 from analysis.para import ParaIndex, ParaSweep, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, adapter_spectra
+from analysis.training.results import ComparisonReport, Evaluation, read_report
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading adapter…")
@@ -63,3 +66,27 @@ def cached_para_index(fingerprint: str, _spectra: AdapterSpectra) -> ParaIndex:
 @st.cache_resource(max_entries=32)
 def cached_sweep(fingerprint: str, _index: ParaIndex) -> ParaSweep:
     return para_sweep(_index, n_points=201)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
+    """The comparison.json at `path` (None if absent); `mtime_ns` is in the key so a rewrite is read again."""
+    return read_report(path)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def cached_evaluation(
+    fingerprint: str,
+    task: str,
+    split: str,
+    split_digest: str,
+    position: int | None,
+    min_rank: int,
+    _compute: Callable[..., Evaluation],
+    _on_step: Callable[[int, int, float], None] | None = None,
+) -> Evaluation:
+    """Accuracy and loss of an adapter (position None) or of a PARA cut of it, on a task's split.
+
+    `_compute(on_step)` runs the evaluation; it and the progress callback are not part of the key.
+    """
+    return _compute(_on_step)
