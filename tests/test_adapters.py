@@ -13,7 +13,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from analysis.adapters import AdapterError, load_adapter
-from tests.builders import make_peft_dir, tiny_bert
+from analysis.spectra import adapter_spectra
+from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
+
+CHOSEN = [4.0, 2.0, 1.0, 0.5]
 
 
 def peft_deltas(folder) -> dict[str, torch.Tensor]:
@@ -58,6 +61,80 @@ def test_load_adapter_reads_adalora_with_folded_singular_values(tmp_path):
     adapter = load_adapter(folder)
     assert adapter.format == "adalora"
     assert_matches_peft(folder)
+
+
+def _with_chosen_sigma(folder, module: str, parts: dict[str, torch.Tensor]) -> None:
+    """Overwrite one module's factors in a saved adapter (keys `<module>.<part>` under peft's prefix)."""
+    tensors = load_file(folder / "adapter_model.safetensors")
+    for part, tensor in parts.items():
+        key = next(k for k in tensors if k.startswith(f"base_model.model.{module}.{part}"))
+        assert tensors[key].shape == tensor.shape, key
+        tensors[key] = tensor
+    save_file(tensors, folder / "adapter_model.safetensors")
+
+
+def _conv_folder(folder):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(TinyConv(), LoraConfig(r=4, lora_alpha=8, target_modules=["conv"], init_lora_weights=False))
+    model.save_pretrained(folder)
+    B, A = factors_with_sigma(CHOSEN, out_features=6, in_features=27)
+    _with_chosen_sigma(folder, "conv", {"lora_A": A.reshape(4, 3, 3, 3), "lora_B": B.reshape(6, 4, 1, 1)})
+    return folder, "conv", 2.0
+
+
+def _peft_folder(folder, module: str, scaling: float, **lora_kwargs):
+    make_peft_dir(folder, **lora_kwargs)
+    B, A = factors_with_sigma(CHOSEN, out_features=32, in_features=32)
+    _with_chosen_sigma(folder, module, {"lora_A": A, "lora_B": B})
+    return folder, module, scaling
+
+
+def _embedding_folder(folder):
+    make_peft_dir(folder, r=4, lora_alpha=8, target_modules=["word_embeddings"])
+    B, A = factors_with_sigma(CHOSEN, out_features=32, in_features=100)  # (dim, r), (r, num_embeddings)
+    module = "bert.embeddings.word_embeddings"
+    _with_chosen_sigma(folder, module, {"lora_embedding_A": A, "lora_embedding_B": B})
+    return folder, module, 2.0
+
+
+def _adalora_folder(folder):
+    make_peft_dir(folder, adalora=True, r=4, lora_alpha=8)
+    U, V = factors_with_sigma([1.0] * 4, out_features=32, in_features=32)  # orthonormal columns / rows
+    E = torch.tensor(CHOSEN).reshape(4, 1)
+    module = "bert.encoder.layer.1.attention.self.value"
+    _with_chosen_sigma(folder, module, {"lora_A": V, "lora_E": E, "lora_B": U})
+    return folder, module, 8 / (4 + 1e-5)  # alpha / init_r, as peft's forward (+ its 1e-5)
+
+
+def _kohya_file(folder):
+    folder.mkdir()
+    B, A = factors_with_sigma(CHOSEN)
+    prefix = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    tensors = {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(2.0)}
+    save_file(tensors, folder / "lora.safetensors")
+    return folder / "lora.safetensors", prefix, 2.0 / 4
+
+
+QUERY = "bert.encoder.layer.0.attention.self.query"
+FORMATS = {
+    "linear": lambda f: _peft_folder(f, QUERY, 2.0, r=4, lora_alpha=8),
+    "rslora": lambda f: _peft_folder(f, QUERY, 8 / 4**0.5, r=4, lora_alpha=8, use_rslora=True),
+    "patterns": lambda f: _peft_folder(f, QUERY, 12 / 4, r=8, rank_pattern={"query": 4}, alpha_pattern={"query": 12}),
+    "embedding": _embedding_folder,
+    "conv": _conv_folder,
+    "adalora": _adalora_folder,
+    "kohya": _kohya_file,
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_load_adapter_then_spectra_recover_chosen_sigma_in_every_format(tmp_path, fmt):
+    path, module, scaling = FORMATS[fmt](tmp_path / fmt)
+    adapter = load_adapter(path)
+    spectrum = adapter_spectra(adapter).spectra[adapter.modules.index(adapter.module(module))]
+    torch.testing.assert_close(torch.from_numpy(spectrum.sigma), scaling * torch.tensor(CHOSEN, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
 def test_load_adapter_rank_pattern_and_scaling(tmp_path):

@@ -102,16 +102,52 @@ def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_p
     page.close()
 
 
+def choose_sample(page, name: str) -> None:
+    """Pick a bundled sample in the home page's select box (typing filters its options)."""
+    page.locator("[data-testid='stSelectbox'] input").first.click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    wait_idle(page)
+
+
 def test_browser_sessions_are_independent(server, browser):
-    pages = [browser.new_context().new_page() for _ in range(4)]
+    """Four live sessions on one server, each with its own adapter; moving one slider changes one session."""
+    samples = sorted(p.name for p in (ROOT / "sample_adapters").iterdir() if (p / "adapter").is_dir())[:4]
+    assert len(samples) == 4, samples
+    pages = [browser.new_context().new_page() for _ in samples]
     for page in pages:
-        page.goto(f"{server}/PARA")
+        page.goto(server)
+    for page, name in zip(pages, samples, strict=True):
+        wait_idle(page)
+        choose_sample(page, name)
+    for page in pages:
+        page.locator("[data-testid='stSidebarNav'] a", has_text="PARA").first.click()
     for page in pages:
         wait_idle(page)
-    thumb = pages[0].locator("[data-testid='stSlider'] input[type='range']").first
-    thumb.focus()
+
+    def state(page) -> tuple[str, str, str]:
+        caption = page.locator("[data-testid='stCaptionContainer']").first.inner_text()
+        return caption, metric_value(page, "LoRA params"), metric_value(page, "Params saved")
+
+    before = [state(page) for page in pages]
+    for (caption, _, _), name in zip(before, samples, strict=True):
+        assert f"sample_adapters/{name}/adapter" in caption, (name, caption)
+    assert len({params for _, params, _ in before}) == 4  # four different adapters, four different cuts
+
+    def slider(page):
+        thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
+        thumb.focus()
+        return thumb
+
+    thumb = slider(pages[0])
     for _ in range(30):
         thumb.press("ArrowLeft")  # -3 percentage points of energy kept, in session 0 only
     wait_idle(pages[0])
-    values = [metric_value(p, "Params saved") for p in pages]
-    assert values[0] != values[1] and len(set(values[1:])) == 1
+    for page in pages[1:]:  # every other session reruns twice (+0.1 point, then back) after session 0 moved
+        thumb = slider(page)
+        for key in ("ArrowRight", "ArrowLeft"):
+            thumb.press(key)
+            wait_idle(page)
+    after = [state(page) for page in pages]
+    assert after[0][0] == before[0][0] and after[0][2] != before[0][2]
+    assert after[1:] == before[1:]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapte
 from analysis.para import allocate_ranks, para_index
 from analysis.spectra import adapter_spectra, truncated_factors
 from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def allocation_for(adapter, value, unit="energy", min_rank=0):
@@ -150,3 +156,39 @@ def test_save_adapter_crash_midway_leaves_nothing(tmp_path, monkeypatch, adapter
         save_adapter(compressed, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # only the source; no partial folder
+
+
+def test_save_adapter_killed_midway_leaves_no_adapter_at_the_target(tmp_path, tiny_peft_dir):
+    """A real writer process is SIGKILLed after its first file: the target never appears, half-written or not."""
+    out = tmp_path / "out"
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import analysis.export as export
+from analysis.adapters import load_adapter
+from analysis.para import allocate_ranks, para_index
+from analysis.spectra import adapter_spectra
+
+def write_then_hang(compressed, folder):
+    (folder / "adapter_model.safetensors").write_bytes(b"partial")
+    print("first file written", flush=True)
+    time.sleep(600)
+
+export._write_files = write_then_hang
+adapter = load_adapter({str(tiny_peft_dir)!r})
+allocation = allocate_ranks(para_index(adapter_spectra(adapter)), 0.5)
+export.save_adapter(export.compress_adapter(adapter, allocation), {str(out)!r})
+"""
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "first file written"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "adapter"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".out.partial-")  # hidden, never at the target
+    adapter = load_adapter(tiny_peft_dir)
+    saved = save_adapter(compress_adapter(adapter, allocation_for(adapter, 0.5)), out)  # the next save works
+    assert load_adapter(saved).n_params < adapter.n_params

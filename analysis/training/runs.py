@@ -1,17 +1,13 @@
-"""Training run records: `<out>/adapter/` (PEFT folder), allocation.json, metrics.json, log.txt, status.
+"""One training run of any registered method, evaluated and written as a run record (see records.py).
 
-A run trains in a temp folder beside `out` and is renamed into place only when complete, so a crash never
-leaves a finished-looking adapter; a failed run leaves `<out>.failed/` with status "failed" and its log.
+The record is built in a temp folder and renamed into place only when complete; a crash leaves `<out>.failed/`.
+The reported accuracy is that of the written PEFT folder loaded on a fresh base model, as a user would load it.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-import shutil
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,15 +19,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from analysis.adapters import load_adapter
+from analysis.training.baselines import majority_accuracy
 from analysis.training.data import TaskData, TaskName, load_task
 from analysis.training.lora import StepCallback, TrainConfig, evaluate
 from analysis.training.methods import METHODS, resolve_budget
 from analysis.training.model import load_minilm
+from analysis.training.records import ADAPTER_DIR, writing_run
 
 ModelFactory = Callable[..., tuple[nn.Module, PreTrainedTokenizerBase]]
 """(n_labels, seed=...) -> (SentenceClassifier, tokenizer); MiniLM by default, a tiny BERT in tests."""
 
-ADAPTER_DIR = "adapter"
 DEFAULT_BUDGET_RANK = {"lora": 32, "alora": 8, "lr_lora": 8, "adalora": 8}
 
 
@@ -48,12 +45,6 @@ class RunSpec:
     """Or an explicit parameter count (then budget_rank must be None)."""
     lora_alpha: float | None = None
     """Default 2 * the budget's rank (scale 2, as alpha = 2r)."""
-
-
-def _baselines(task: TaskData) -> dict[str, float]:
-    counts = torch.bincount(torch.tensor([e.label for e in task.train]))
-    majority = int(counts.argmax())
-    return {"majority_test_accuracy": sum(e.label == majority for e in task.test) / max(len(task.test), 1)}
 
 
 def train_run(
@@ -76,58 +67,46 @@ def train_run(
     Raises:
         ValueError: for an unknown method or a bad budget (before anything is written), or if `out` exists.
     """
-    out = Path(out)
     if spec.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {spec.method!r}")
     if spec.budget_rank is not None and spec.budget_rank < 1:
         raise ValueError(f"budget rank must be >= 1, got {spec.budget_rank}")
     if spec.budget_params is not None and spec.budget_params < 1:
         raise ValueError(f"budget params must be >= 1, got {spec.budget_params}")
-    if out.exists():
-        raise ValueError(f"{out}: already exists; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    log_lines: list[str] = []
-
-    def log(line: str) -> None:
-        log_lines.append(f"{time.strftime('%H:%M:%S')} {line}")
-        (tmp / "log.txt").write_text("\n".join(log_lines) + "\n")
-
-    try:
-        (tmp / "status").write_text("running\n")
+    build = model_factory or load_minilm
+    with writing_run(out) as run:
         task = task_data or load_task(spec.task, seed=spec.train.seed)
-        (tmp / "splits.json").write_text(json.dumps(task.split_ids()))
-        model, tokenizer = (model_factory or load_minilm)(len(task.labels), seed=spec.train.seed)
+        run.write_json("splits.json", task.split_ids(), indent=None)
+        model, tokenizer = build(len(task.labels), seed=spec.train.seed)
         rank = spec.budget_rank
         if rank is None and spec.budget_params is None:
             rank = DEFAULT_BUDGET_RANK[spec.method]
         try:
             budget = resolve_budget(model, rank=rank, params=spec.budget_params)
         except ValueError:
-            shutil.rmtree(tmp, ignore_errors=True)  # a user error, not a failed run: leave nothing behind
+            run.discard()  # a user error, not a failed run: leave nothing behind
             raise
         config = replace(spec.train, r=budget.rank, lora_alpha=spec.lora_alpha or 2.0 * budget.rank)
-        log(
-            f"training {spec.method} on {spec.task}: {len(task.train)} train examples, {budget}, "
-            f"config {asdict(config)}"
+        run.log(
+            f"training {spec.method} on {spec.task}: {len(task.train)} examples, {budget}, config {asdict(config)}"
         )
 
         def step_cb(step: int, total: int, loss: float) -> None:
             if step % 10 == 0 or step == total:
-                log(f"step {step}/{total} loss {loss:.4f}")
+                run.log(f"step {step}/{total} loss {loss:.4f}")
             if on_step is not None:
                 on_step(step, total, loss)
 
         start = time.perf_counter()
-        result = METHODS[spec.method](model, tokenizer, task, config, budget, tmp / ADAPTER_DIR, step_cb)
+        result = METHODS[spec.method](model, tokenizer, task, config, budget, run.folder / ADAPTER_DIR, step_cb)
         seconds = time.perf_counter() - start
         # evaluate exactly what a user loads: a fresh base model plus the written PEFT folder
-        fresh, _ = (model_factory or load_minilm)(len(task.labels), seed=spec.train.seed)
-        trained = PeftModel.from_pretrained(fresh, tmp / ADAPTER_DIR)
+        fresh, _ = build(len(task.labels), seed=spec.train.seed)
+        trained = PeftModel.from_pretrained(fresh, run.folder / ADAPTER_DIR)
         val_acc, val_loss = evaluate(trained, tokenizer, task.validation)
         test_acc, test_loss = evaluate(trained, tokenizer, task.test)
-        log(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}")
-        adapter = load_adapter(tmp / ADAPTER_DIR)
+        run.log(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}")
+        adapter = load_adapter(run.folder / ADAPTER_DIR)
         allocation = dict(sorted(result.ranks.items()))
         metrics = {
             "method": spec.method,
@@ -135,7 +114,7 @@ def train_run(
             "labels": list(task.labels),
             "validation": {"accuracy": val_acc, "loss": val_loss},
             "test": {"accuracy": test_acc, "loss": test_loss},
-            "baselines": _baselines(task),
+            "baselines": {"majority_test_accuracy": majority_accuracy(task.train, task.test)},
             "n_lora_params": adapter.n_params,
             "budget": {"params": budget.params, "rank": budget.rank},
             "within_budget": adapter.n_params <= budget.params,
@@ -149,18 +128,6 @@ def train_run(
             "rank_trajectory": result.trajectory,
             "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         }
-        (tmp / "allocation.json").write_text(json.dumps(allocation, indent=1))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (tmp / "status").write_text("finished\n")
-        tmp.rename(out)
-        return metrics
-    except BaseException as err:
-        if not tmp.exists():
-            raise
-        log(f"failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-        (tmp / "status").write_text("failed\n")
-        shutil.rmtree(tmp / ADAPTER_DIR, ignore_errors=True)
-        failed = out.with_name(out.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        tmp.rename(failed)
-        raise
+        run.write_json("allocation.json", allocation)
+        run.write_json("metrics.json", metrics)
+    return metrics

@@ -95,10 +95,16 @@ def run_summary(run: RunRecord) -> None:
         m = run.metrics
         cols = st.columns(5)
         cols[0].metric("Method", m.get("method", "?"))
-        cols[1].metric("Test accuracy", f"{m['test']['accuracy']:.2%}")
-        cols[2].metric(
-            "Majority baseline", f"{m.get('baselines', {}).get('majority_test_accuracy', float('nan')):.2%}"
-        )
+        if run.is_causal_lm:  # a language-model run: held-out perplexity, lower is better
+            held_out = m.get("held_out", {})
+            before, after = held_out.get("perplexity_before", float("nan")), held_out.get("perplexity", float("nan"))
+            cols[1].metric("Held-out perplexity", f"{after:.2f}", f"{after - before:+.2f}", delta_color="inverse")
+            cols[2].metric("Before fine-tuning", f"{before:.2f}")
+        else:
+            cols[1].metric("Test accuracy", f"{m['test']['accuracy']:.2%}")
+            cols[2].metric(
+                "Majority baseline", f"{m.get('baselines', {}).get('majority_test_accuracy', float('nan')):.2%}"
+            )
         cols[3].metric("LoRA params", f"{m['n_lora_params']:,}")
         cols[4].metric("Wall time", f"{m['wall_time_s']:.0f} s")
         curve = m.get("loss_curve") or []
