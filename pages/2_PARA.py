@@ -11,7 +11,7 @@ from analysis.adapters import AdapterError
 from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, peft_config, save_adapter
 from analysis.figures import rank_heatmap_figure, sweep_figure
 from analysis.para import allocate_ranks, cut_position
-from analysis.training.records import run_of_adapter
+from analysis.training.catalog import run_of_adapter
 from pages.shared import cache
 from pages.shared.compare_widgets import show_cut_evaluation
 from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT

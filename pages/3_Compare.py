@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.training.catalog import classification_runs, fixed_rank
 from analysis.training.comparison import Evaluations, compare_task
-from analysis.training.records import classification_runs, fixed_rank
 from pages.shared import cache
 from pages.shared import compare_widgets as cw
 from pages.shared.widgets import load_path

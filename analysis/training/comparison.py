@@ -22,9 +22,10 @@ from analysis.adapters import LoraAdapter, load_adapter
 from analysis.compare import match_allocation
 from analysis.para import ParaIndex, RankAllocation, allocate_ranks, cut_position, para_index
 from analysis.spectra import adapter_spectra
+from analysis.training.catalog import classification_runs, para_source, split_digest
 from analysis.training.evaluate import evaluate_adapter, evaluate_cut
 from analysis.training.lora import StepCallback
-from analysis.training.records import ADAPTER_DIR, RunRecord, classification_runs, para_source, split_digest
+from analysis.training.records import ADAPTER_DIR, RunRecord
 from analysis.training.results import ComparisonReport, CutResult, EvalKey, Evaluation, RunResult, TaskComparison
 
 DEFAULT_FRACTIONS = (1.0, 0.5, 0.25, 0.15, 0.1, 0.05)

@@ -25,9 +25,10 @@ from analysis.compare_figures import (
     totals_figure,
 )
 from analysis.para import ParaIndex, allocate_at
+from analysis.training.catalog import fixed_rank, para_source, split_digest
 from analysis.training.comparison import PendingEvaluation
 from analysis.training.evaluate import evaluate_cut
-from analysis.training.records import RunRecord, fixed_rank, para_source, split_digest
+from analysis.training.records import RunRecord
 from analysis.training.results import EvalKey, Evaluation, RunResult, TaskComparison
 from pages.shared import cache
 from pages.shared.state import (

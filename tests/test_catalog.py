@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.training.records import (
-    classification_runs,
-    para_source,
-    read_run,
-    run_of_adapter,
-    split_digest,
-)
+from analysis.training.catalog import classification_runs, para_source, run_of_adapter, split_digest
+from analysis.training.records import read_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_adapters"
 
