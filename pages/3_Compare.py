@@ -24,7 +24,7 @@ runs_by_task = classification_runs(folder)
 if not runs_by_task or not any(fixed_rank(r) for runs in runs_by_task.values() for r in runs):
     st.info(f"No finished classification runs with a fixed-rank run in `{folder}`. Train some on the Train page.")
     st.stop()
-task, source, others, split = cw.comparison_picker_ui(runs_by_task)
+task, source, others, split = cw.comparison_picker_ui(folder, runs_by_task)
 
 report_file = folder / "comparison.json"
 report = cache.cached_report(str(report_file), report_file.stat().st_mtime_ns) if report_file.is_file() else None

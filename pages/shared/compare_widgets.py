@@ -80,24 +80,26 @@ def _run_label(run: RunRecord) -> str:
     return f"{run.name} · {method}" + (f" r={rank}" if rank else "")
 
 
-def comparison_picker_ui(runs_by_task: dict[str, list[RunRecord]]) -> tuple[str, RunRecord, list[RunRecord], str]:
+def comparison_picker_ui(
+    folder: Path, runs_by_task: dict[str, list[RunRecord]]
+) -> tuple[str, RunRecord, list[RunRecord], str]:
     """Task, PARA's fixed-rank source, the runs to set against it (default all) and the split."""
     cols = st.columns([1, 2, 1])
     task = cols[0].selectbox("Task", list(runs_by_task), key=KEY_COMPARE_TASK)
-    runs = runs_by_task[task]
-    fixed = [r for r in runs if fixed_rank(r) is not None]
-    default = para_source(runs)
+    runs = {r.name: r for r in runs_by_task[task]}
+    fixed = [name for name, r in runs.items() if fixed_rank(r) is not None]
+    default = para_source(list(runs.values()))
     source = cols[1].selectbox(
-        "Fixed-rank run to cut with PARA", fixed, index=fixed.index(default) if default in fixed else 0,
-        format_func=_run_label, key=f"{KEY_COMPARE_SOURCE}-{task}",
+        "Fixed-rank run to cut with PARA", fixed, index=fixed.index(default.name) if default else 0,
+        format_func=lambda name: _run_label(runs[name]), key=f"{KEY_COMPARE_SOURCE}-{folder}-{task}",
     )  # fmt: skip
     split = cols[2].radio("Split", ["test", "validation"], horizontal=True, key=KEY_COMPARE_SPLIT)
-    others = [r for r in runs if r.path != source.path]
+    others = [name for name in runs if name != source]
     chosen = st.multiselect(
-        "Runs to compare with PARA at their budgets", others, default=others, format_func=_run_label,
-        key=f"{KEY_COMPARE_RUNS}-{task}-{source.name}",
+        "Runs to compare with PARA at their budgets", others, default=others,
+        format_func=lambda name: _run_label(runs[name]), key=f"{KEY_COMPARE_RUNS}-{folder}-{task}-{source}",
     )  # fmt: skip
-    return task, source, chosen, split
+    return task, runs[source], [runs[name] for name in chosen], split
 
 
 def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: bool) -> dict[EvalKey, Evaluation]:
