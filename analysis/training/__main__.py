@@ -161,10 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     """Run the comparison with one progress bar per evaluation, write the JSON, print the README tables."""
     from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
     from analysis.training.comparison import compare_runs
     from analysis.training.results import markdown_tables, read_report, write_report
 
+    hf_logging.set_verbosity_error()  # the base model's load report and progress bar repeat for every evaluation
+    hf_logging.disable_progress_bar()
     out = Path(args.out or Path(args.folder) / "comparison.json")
     previous = None if args.recompute else read_report(out)
     bars: dict[str, tqdm] = {}
