@@ -42,10 +42,12 @@ def compare(known):
 
 
 result, pending = compare(known)
+n_missing = len(pending)
 if pending and (live := cw.evaluate_pending_ui(pending, has_report=report is not None)):
     result, pending = compare(known | live)
 if report and not pending:
-    st.caption(f"Accuracies from `{report_file.name}`, current for these adapters (measured by `{report.command}`).")
+    live_note = f"; {n_missing} evaluated here" if n_missing else ", current for these adapters"
+    st.caption(f"Accuracies from `{report_file.name}` (measured by `{report.command}`){live_note}.")
 
 st.subheader(f"{source.name} cut by PARA, against {len(others)} run{'s' * (len(others) != 1)}")
 src = result.source_evaluation

@@ -177,8 +177,7 @@ def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
             for bar in bars.values():
                 bar.close()
             bars[label] = tqdm(desc=label, unit="batch", total=total, leave=False)
-        bars[label].n = step
-        bars[label].refresh()
+        bars[label].update(step - bars[label].n)
 
     command = "python -m analysis.training " + " ".join(sys.argv[1:] if argv is None else argv)
     fractions = [float(x) for x in args.fractions.split(",")]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,7 +76,16 @@ def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
     return read_report(path)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
+EVALUATIONS_MAX = 512
+_EVALUATIONS_LOCK = threading.Lock()
+
+
+@st.cache_resource
+def _evaluation_store() -> OrderedDict[tuple, Evaluation]:
+    """Evaluations shared by every session, oldest dropped first beyond EVALUATIONS_MAX."""
+    return OrderedDict()
+
+
 def cached_evaluation(
     fingerprint: str,
     task: str,
@@ -82,11 +93,24 @@ def cached_evaluation(
     split_digest: str,
     position: int | None,
     min_rank: int,
-    _compute: Callable[..., Evaluation],
-    _on_step: Callable[[int, int, float], None] | None = None,
+    compute: Callable[..., Evaluation],
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> Evaluation:
     """Accuracy and loss of an adapter (position None) or of a PARA cut of it, on a task's split.
 
-    `_compute(on_step)` runs the evaluation; it and the progress callback are not part of the key.
+    Keyed by the arguments before `compute(on_step)`, which runs the evaluation on a miss. The store is a
+    cache_resource rather than a cached function so that `on_step` can move a progress bar drawn outside
+    it (st.cache_data would try to replay those updates).
     """
-    return _compute(_on_step)
+    key = (fingerprint, task, split, split_digest, position, min_rank)
+    store = _evaluation_store()
+    with _EVALUATIONS_LOCK:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+    result = compute(on_step)
+    with _EVALUATIONS_LOCK:
+        store[key] = result
+        while len(store) > EVALUATIONS_MAX:
+            store.popitem(last=False)
+    return result

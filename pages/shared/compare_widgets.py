@@ -111,10 +111,14 @@ def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: boo
         return {}
     requested: set[EvalKey] = st.session_state.setdefault(KEY_EVAL_REQUESTED, set())
     if not all(p.key in requested for p in pending):
-        why = "are not in comparison.json (new or changed adapters)" if has_report else "have not been measured"
-        st.info(f"{len(pending)} evaluations {why}. Accuracies show as – until evaluated.")
-        if not st.button(f"Evaluate {len(pending)} adapters on this split", type="primary"):
-            return {}
+        n = len(pending)
+        why = "not in comparison.json (new or changed adapters)" if has_report else "not measured yet"
+        box = st.empty()
+        with box.container():
+            st.info(f"{n} evaluation{'s are' if n != 1 else ' is'} {why}; accuracies show as – until evaluated.")
+            if not st.button(f"Evaluate {n} adapter{'s' * (n != 1)} on this split", type="primary"):
+                return {}
+        box.empty()
         requested |= {p.key for p in pending}
     bar = st.progress(0.0, text="Evaluating…")
     results = {}
@@ -131,8 +135,8 @@ def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: boo
             k.split_digest,
             k.position,
             k.min_rank,
-            _compute=p.compute,
-            _on_step=on_step,
+            compute=p.compute,
+            on_step=on_step,
         )
     bar.empty()
     return results
@@ -258,7 +262,7 @@ def show_cut_evaluation(adapter: LoraAdapter, index: ParaIndex, run: RunRecord, 
         bar.progress(min(step / max(total, 1), 1.0), text=f"batch {step} of {total}")
 
     result = cache.cached_evaluation(
-        key.fingerprint, task, split, key.split_digest, position, min_rank, _compute=compute, _on_step=on_step
+        key.fingerprint, task, split, key.split_digest, position, min_rank, compute=compute, on_step=on_step
     )
     bar.empty()
     cols = st.columns(4)
