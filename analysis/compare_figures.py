@@ -70,20 +70,24 @@ def rank_maps_figure(
     return _layout(fig, title, height=max(300, 90 + 36 * len(layers)))
 
 
-def totals_figure(totals: Mapping[str, Mapping[str, int]], *, by: str, title: str) -> go.Figure:
+def totals_figure(
+    totals: Mapping[str, Mapping[str, int]], *, by: str, title: str, colors: Mapping[str, str] | None = None
+) -> go.Figure:
     """Grouped bars: total rank per group (module type or layer) for each allocation.
 
     Args:
         totals: allocation label -> {group: total rank}.
         by: the x axis title, e.g. "module type" or "layer".
         title: the figure title.
+        colors: allocation label -> bar color (plotly's defaults otherwise).
     """
     groups = list(dict.fromkeys(g for t in totals.values() for g in t))
     if by == "module type":
         groups = _type_order(groups)
     fig = go.Figure()
     for label, values in totals.items():
-        fig.add_trace(go.Bar(name=label, x=groups, y=[values.get(g, 0) for g in groups]))
+        color = (colors or {}).get(label)
+        fig.add_trace(go.Bar(name=label, x=groups, y=[values.get(g, 0) for g in groups], marker_color=color))
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.25})
     fig.update_xaxes(title=by, type="category")
     fig.update_yaxes(title="total rank")
@@ -175,7 +179,9 @@ def accuracy_budget_figure(
         )  # fmt: skip
     if baseline is not None:
         fig.add_hline(y=100 * baseline, line={"dash": "dot", "color": "#999"}, annotation_text="majority class")
-    fig.update_xaxes(title="LoRA parameters (% of the PARA source, log scale)", type="log")
+    ticks = [1, 2, 5, 10, 15, 25, 50, 100]
+    fig.update_xaxes(title="LoRA parameters (% of the PARA source, log scale)", type="log", tickvals=ticks,
+                     ticktext=[f"{t}%" for t in ticks])  # fmt: skip
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(legend={"orientation": "h", "y": -0.25})
     return _layout(fig, "Accuracy against parameter budget", height=440)

@@ -20,6 +20,7 @@ from analysis.compare_figures import (
     RankPair,
     accuracy_budget_figure,
     group_totals,
+    method_color,
     rank_maps_figure,
     rank_scatter_figure,
     totals_figure,
@@ -112,7 +113,7 @@ def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: boo
     requested: set[EvalKey] = st.session_state.setdefault(KEY_EVAL_REQUESTED, set())
     if not all(p.key in requested for p in pending):
         n = len(pending)
-        why = "not in comparison.json (new or changed adapters)" if has_report else "not measured yet"
+        why = "not in comparison.json (for this split and these adapters)" if has_report else "not measured yet"
         box = st.empty()
         with box.container():
             st.info(f"{n} evaluation{'s are' if n != 1 else ' is'} {why}; accuracies show as – until evaluated.")
@@ -167,6 +168,11 @@ def show_accuracy_table(result: TaskComparison) -> None:
                        "Spearman": st.column_config.NumberColumn(format="%.2f"),
                        "L1 distance": st.column_config.NumberColumn(format="%.2f")},
     )  # fmt: skip
+    st.caption(
+        "Accuracy on the chosen split; PARA − run in percentage points. Spearman ρ of per-module ranks (empty "
+        "against a uniform allocation, where it is undefined); L1 = Σ|PARA − run| / Σ(PARA + run) over modules, "
+        "0 for the same ranks, 1 for disjoint ones."
+    )
 
 
 def show_accuracy_curve(result: TaskComparison, baseline: float | None) -> None:
@@ -203,13 +209,14 @@ def _show_pair(r: RunResult) -> None:
     cols[2].metric("Spearman ρ", "n/a (uniform)" if math.isnan(r.spearman) else f"{r.spearman:.2f}")
     cols[3].metric("L1 distance", f"{r.l1_distance:.2f}")
     maps = {"PARA (matched budget)": r.para_ranks, name: r.ranks}
+    colors = {"PARA (matched budget)": method_color("para"), name: method_color(r.method)}
     st.plotly_chart(rank_maps_figure(maps), width="stretch", key=f"maps-{r.run}")
     left, right = st.columns(2)
     by_type = {label: group_totals(ranks, by="module type") for label, ranks in maps.items()}
     by_layer = {label: group_totals(ranks, by="layer") for label, ranks in maps.items()}
-    left.plotly_chart(totals_figure(by_type, by="module type", title="Total rank per module type"),
+    left.plotly_chart(totals_figure(by_type, by="module type", title="Total rank per module type", colors=colors),
                       width="stretch", key=f"types-{r.run}")  # fmt: skip
-    right.plotly_chart(totals_figure(by_layer, by="layer", title="Total rank per layer"),
+    right.plotly_chart(totals_figure(by_layer, by="layer", title="Total rank per layer", colors=colors),
                        width="stretch", key=f"layers-{r.run}")  # fmt: skip
 
 
