@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.adapters import AdapterError
 from analysis.training.catalog import classification_runs, fixed_rank
 from analysis.training.comparison import Evaluations, compare_task
 from pages.shared import cache
@@ -41,7 +42,11 @@ def compare(known):
     return result, evaluations.pending
 
 
-result, pending = compare(known)
+try:
+    result, pending = compare(known)
+except (ValueError, AdapterError) as err:  # an incomplete run record, or runs of another base model
+    st.error(str(err))
+    st.stop()
 n_missing = len(pending)
 if pending and (live := cw.evaluate_pending_ui(pending, has_report=report is not None)):
     result, pending = compare(known | live)
