@@ -1,7 +1,8 @@
 """Compare rank allocations of different methods at matched parameter budgets (pure; no streamlit).
 
 An allocation here is a mapping module name -> rank (from PARA, or a training run's allocation.json).
-Budget matching picks the PARA cut whose LoRA parameter count is nearest to another method's.
+Budget matching picks the PARA cut whose LoRA parameter count is nearest to another method's; every
+module's rank costs d_in + d_out parameters, read off the fixed-rank adapter's PARA index.
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ class AllocationComparison:
     """Layer index -> (total rank a, total rank b)."""
 
 
+def match_position(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> int:
+    """The PARA cut position whose parameter count is nearest to `n_params` (ties: the smaller count).
+
+    Args:
+        index: the fixed-rank adapter's PARA index.
+        n_params: the other method's LoRA parameter count.
+        min_rank: as in `allocate_ranks`.
+
+    Returns:
+        p: keep the p largest pooled components; |P(p) - n_params| <= one component's cost when min_rank = 0.
+
+    Example: components costing 10 and 20 give achievable counts 0, 10, 30; a target of 18 picks p = 1 (10).
+    """
+    if n_params < 0:
+        raise ValueError(f"n_params must be >= 0, got {n_params}")
+    p = int(np.searchsorted(index.cum_params, n_params, side="right")) - 1  # largest cut within the budget
+    candidates = {p, min(p + 1, index.n_components)}
+    counts = {q: allocate_at(index, q, min_rank=min_rank).n_params_after for q in candidates}
+    return min(candidates, key=lambda q: (abs(counts[q] - n_params), counts[q]))
+
+
 def match_budget(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> RankAllocation:
     """The PARA cut whose parameter count is nearest to `n_params` (within one component's cost).
 
@@ -43,11 +65,7 @@ def match_budget(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> RankA
     Returns:
         The allocation; its `n_params_after` is the achievable count nearest the target.
     """
-    if n_params < 0:
-        raise ValueError(f"n_params must be >= 0, got {n_params}")
-    p = int(np.searchsorted(index.cum_params, n_params, side="right")) - 1  # largest cut within the budget
-    candidates = [allocate_at(index, q, min_rank=min_rank) for q in {p, min(p + 1, index.n_components)}]
-    return min(candidates, key=lambda a: (abs(a.n_params_after - n_params), a.n_params_after))
+    return allocate_at(index, match_position(index, n_params, min_rank=min_rank), min_rank=min_rank)
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -98,3 +116,62 @@ def compare_allocations(a: Mapping[str, int], b: Mapping[str, int]) -> Allocatio
         by_type={k: (v[0], v[1]) for k, v in by_type.items()},
         by_layer={k: (v[0], v[1]) for k, v in by_layer.items()},
     )
+
+
+@dataclass(frozen=True)
+class MatchedAllocation:
+    """A run's allocation beside the PARA cut of the fixed-rank adapter at the same LoRA parameter count."""
+
+    name: str
+    """The run (or any label of the other allocation)."""
+    ranks: Mapping[str, int]
+    """The run's rank per module (0 = dropped)."""
+    n_params: int
+    """The run's LoRA parameter count: sum over modules of rank * (d_in + d_out)."""
+    position: int
+    """PARA's cut position (pooled components kept before min_rank)."""
+    para: RankAllocation
+    """PARA's cut whose parameter count is nearest `n_params`."""
+    comparison: AllocationComparison
+    """a = PARA's ranks, b = the run's."""
+
+    @property
+    def params_gap(self) -> int:
+        """PARA's parameter count minus the run's (|gap| <= the largest module's cost of one rank)."""
+        return self.para.n_params_after - self.n_params
+
+
+def allocation_params(index: ParaIndex, ranks: Mapping[str, int]) -> int:
+    """LoRA parameters of `ranks` on the modules of `index` (each rank costs d_in + d_out).
+
+    Raises:
+        ValueError: if `ranks` names a module the fixed-rank adapter does not have.
+
+    Example: a module with d_in = d_out = 384 at rank 8 costs 8 * 768 = 6,144 parameters.
+    """
+    cost = dict(zip(index.spectra.names, index.cost.tolist(), strict=True))
+    unknown = sorted(set(ranks) - set(cost))
+    if unknown:
+        raise ValueError(
+            f"allocation has modules the fixed-rank adapter lacks ({', '.join(unknown[:3])}); "
+            "compare runs of the same base model and target modules"
+        )
+    return int(sum(int(r) * cost[name] for name, r in ranks.items()))
+
+
+def match_allocation(index: ParaIndex, name: str, ranks: Mapping[str, int], *, min_rank: int = 0) -> MatchedAllocation:
+    """PARA on the fixed-rank adapter at the parameter count of `ranks`, aligned with it module by module.
+
+    Args:
+        index: the fixed-rank adapter's PARA index.
+        name: a label for the other allocation (its run name).
+        ranks: the other allocation, module name -> rank.
+        min_rank: as in `allocate_ranks`.
+
+    Returns:
+        The matched pair with Spearman, normalised L1 and per-type / per-depth totals (a = PARA).
+    """
+    n_params = allocation_params(index, ranks)
+    position = match_position(index, n_params, min_rank=min_rank)
+    para = allocate_at(index, position, min_rank=min_rank)
+    return MatchedAllocation(name, dict(ranks), n_params, position, para, compare_allocations(para.rank_map, ranks))

@@ -36,3 +36,19 @@ def layer_type_grid(names: Sequence[str]) -> tuple[list[int | None], list[str]]:
             types.append(kind)
     ordered = sorted(x for x in layers if x is not None) + ([None] if None in layers else [])
     return ordered, types
+
+
+# Module type -> short label, for BERT-style names (MiniLM); other types (e.g. Llama's self_attn.q_proj) keep theirs.
+TYPE_LABELS = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attention-out",
+    "intermediate.dense": "intermediate",
+    "output.dense": "output",
+}
+
+
+def type_label(kind: str) -> str:
+    """Short label of a module type: "attention.output.dense" -> "attention-out"; unknown types unchanged."""
+    return TYPE_LABELS.get(kind, kind)

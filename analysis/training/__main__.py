@@ -1,4 +1,4 @@
-"""`python -m analysis.training train|evaluate|para-curve|list|make-samples` (progress via tqdm)."""
+"""`python -m analysis.training train|evaluate|compare|para-curve|list|make-samples` (progress via tqdm)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="run folder or PEFT adapter folder")
     p.add_argument("--task", choices=TASKS, default=None, help="default: the run's task")
     p.add_argument("--split", choices=["test", "validation"], default="test")
+    p = sub.add_parser(
+        "compare", help="PARA vs every other run of each task at matched budgets, with accuracy; README tables"
+    )
+    p.add_argument("folder", nargs="?", default="sample_adapters", help="a folder of run records")
+    p.add_argument("--out", default=None, help="the JSON to write (default FOLDER/comparison.json)")
+    p.add_argument("--split", choices=["test", "validation"], default="test")
+    p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="PARA curve budgets, comma-separated")
+    p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
+    p.add_argument("--recompute", action="store_true", help="evaluate everything, reusing nothing from --out")
     p = sub.add_parser("para-curve", help="test accuracy of PARA cuts of a run at several parameter budgets")
     p.add_argument("runs", nargs="+", help="fixed-rank run folders")
     p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
@@ -90,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f}, {result.n_lora_params:,} params"
             )
+        elif args.command == "compare":
+            _compare(args, argv)
         elif args.command == "para-curve":
             from analysis.training.evaluate import para_accuracy_curve
 
@@ -145,6 +156,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Run the comparison with one progress bar per evaluation, write the JSON, print the README tables."""
+    from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from analysis.training.comparison import compare_runs
+    from analysis.training.results import markdown_tables, read_report, write_report
+
+    hf_logging.set_verbosity_error()  # the base model's load report and progress bar repeat for every evaluation
+    hf_logging.disable_progress_bar()
+    out = Path(args.out or Path(args.folder) / "comparison.json")
+    previous = None if args.recompute else read_report(out)
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(label: str, step: int, total: int) -> None:
+        if label not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[label] = tqdm(desc=label, unit="batch", total=total, leave=False)
+        bars[label].update(step - bars[label].n)
+
+    command = "python -m analysis.training " + " ".join(sys.argv[1:] if argv is None else argv)
+    fractions = [float(x) for x in args.fractions.split(",")]
+    report, n_computed = compare_runs(
+        args.folder, split=args.split, fractions=fractions, min_rank=args.min_rank, previous=previous,
+        on_progress=on_progress, command=command,
+    )  # fmt: skip
+    for bar in bars.values():
+        bar.close()
+    write_report(report, out)
+    n_total = len(report.evaluations())
+    print(markdown_tables(report))
+    print(f"\n{n_computed} of {n_total} evaluations computed, the rest reused; {report.seconds:.0f} s -> {out}")
 
 
 if __name__ == "__main__":

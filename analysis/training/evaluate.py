@@ -2,7 +2,7 @@
 
 The split is the one saved with the run (`splits.json`) when there is one, else the task's fixed seeded
 split. PARA cuts are evaluated by exporting to a temp folder and loading it with peft, exactly as a user
-would deploy them.
+would deploy them. No streamlit, no printing: progress goes through `on_step`.
 """
 
 from __future__ import annotations
@@ -10,27 +10,21 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from peft import PeftModel
 
-from analysis.adapters import load_adapter
+from analysis.adapters import LoraAdapter, load_adapter
 from analysis.export import compress_adapter, save_adapter
-from analysis.para import allocate_ranks, para_index
+from analysis.para import RankAllocation, allocate_ranks, para_index
 from analysis.spectra import adapter_spectra
-from analysis.training.data import TaskData, TaskName, load_task
+from analysis.training.data import Example, TaskData, TaskName, load_task
 from analysis.training.lora import StepCallback, evaluate
 from analysis.training.model import load_minilm
-from analysis.training.runs import ADAPTER_DIR
+from analysis.training.records import ADAPTER_DIR
+from analysis.training.results import Evaluation
 
-
-@dataclass(frozen=True)
-class Evaluation:
-    accuracy: float
-    loss: float
-    n_examples: int
-    n_lora_params: int
+__all__ = ["Evaluation", "evaluate_adapter", "evaluate_cut", "para_accuracy_curve", "task_for_run"]
 
 
 def _adapter_folder(path: Path) -> Path:
@@ -38,14 +32,19 @@ def _adapter_folder(path: Path) -> Path:
 
 
 def task_for_run(run: str | Path) -> TaskName:
-    """The task a run record was trained on (from its metrics.json)."""
+    """The task a run record was trained on (from its metrics.json).
+
+    Raises:
+        ValueError: when the folder has no metrics.json.
+    """
     metrics = Path(run) / "metrics.json"
     if not metrics.is_file():
         raise ValueError(f"{run}: no metrics.json, so the task is unknown; pass --task")
     return json.loads(metrics.read_text())["task"]
 
 
-def _split(task: TaskData, run: Path | None, split: str):
+def split_examples(task: TaskData, run: Path | None, split: str) -> tuple[Example, ...]:
+    """The examples of `split`: those saved in the run's splits.json when there is one, else the task's."""
     examples = task.split(split)
     splits_file = run / "splits.json" if run is not None else None
     if splits_file is not None and splits_file.is_file():
@@ -62,23 +61,51 @@ def evaluate_adapter(
     run: str | Path | None = None,
     on_step: StepCallback | None = None,
 ) -> Evaluation:
-    """Accuracy and loss of the adapter at `adapter_path` on `split` (deterministic).
+    """Accuracy and loss of the adapter at `adapter_path` on `split` (deterministic: same adapter, same result).
 
     Args:
         adapter_path: a PEFT folder (or a run folder holding `adapter/`) whose modules_to_save has the head.
         task_name: the task; its labels must match the head.
         split: "test" or "validation".
         run: the run whose saved split to use (defaults to `adapter_path` if it is a run folder).
-        on_step: progress callback.
+        on_step: progress callback, once per batch of 64 examples.
+
+    Returns:
+        Accuracy, mean cross-entropy, the number of examples and the adapter's LoRA parameter count.
     """
     path = Path(adapter_path)
     folder = _adapter_folder(path)
     run_dir = Path(run) if run is not None else (path if folder != path else None)
     task = load_task(task_name)
+    examples = split_examples(task, run_dir, split)
     model, tokenizer = load_minilm(len(task.labels))
     peft_model = PeftModel.from_pretrained(model, folder)
-    accuracy, loss = evaluate(peft_model, tokenizer, _split(task, run_dir, split), on_step=on_step)
-    return Evaluation(accuracy, loss, len(task.split(split)), load_adapter(folder).n_params)
+    accuracy, loss = evaluate(peft_model, tokenizer, examples, on_step=on_step)
+    return Evaluation(accuracy, loss, len(examples), load_adapter(folder).n_params)
+
+
+def evaluate_cut(
+    adapter: LoraAdapter,
+    allocation: RankAllocation,
+    task_name: TaskName,
+    *,
+    run: str | Path,
+    split: str = "test",
+    on_step: StepCallback | None = None,
+) -> Evaluation:
+    """Accuracy of a PARA cut as deployed: compress, write a PEFT folder, load it with peft, evaluate.
+
+    Args:
+        adapter: the adapter the cut is of (a run's adapter: modules_to_save carries the head).
+        allocation: the cut (from `allocate_ranks`, `match_budget` or `allocate_at`).
+        task_name: the run's task.
+        run: the run whose saved split to use.
+        split: "test" or "validation".
+        on_step: progress callback.
+    """
+    with tempfile.TemporaryDirectory(prefix="para-eval-") as tmp:
+        out = save_adapter(compress_adapter(adapter, allocation), Path(tmp) / "cut")
+        return evaluate_adapter(out, task_name, split=split, run=run, on_step=on_step)
 
 
 def para_accuracy_curve(
@@ -89,10 +116,5 @@ def para_accuracy_curve(
     task = task_for_run(run)
     adapter = load_adapter(_adapter_folder(run))
     index = para_index(adapter_spectra(adapter))
-    results = []
-    with tempfile.TemporaryDirectory(prefix="para-eval-") as tmp:
-        for i, fraction in enumerate(fractions):
-            allocation = allocate_ranks(index, fraction, "params_fraction")
-            out = save_adapter(compress_adapter(adapter, allocation), Path(tmp) / f"cut{i}")
-            results.append((fraction, evaluate_adapter(out, task, split=split, run=run, on_step=on_step)))
-    return results
+    cuts = [(f, allocate_ranks(index, f, "params_fraction")) for f in fractions]
+    return [(f, evaluate_cut(adapter, cut, task, run=run, split=split, on_step=on_step)) for f, cut in cuts]

@@ -2,12 +2,16 @@
 
 Cached objects are shared by every session, so they are treated as read-only (ParaIndex arrays are
 write-protected). Spectra are cached per adapter fingerprint; a slider move never recomputes them.
+Task evaluations are cached per (fingerprint, task, split, split digest[, cut position, min rank]).
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -15,6 +19,7 @@ import streamlit as st
 from analysis.adapters import LoraAdapter, load_adapter
 from analysis.para import ParaIndex, ParaSweep, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, adapter_spectra
+from analysis.training.results import ComparisonReport, Evaluation, read_report
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading adapter…")
@@ -63,3 +68,49 @@ def cached_para_index(fingerprint: str, _spectra: AdapterSpectra) -> ParaIndex:
 @st.cache_resource(max_entries=32)
 def cached_sweep(fingerprint: str, _index: ParaIndex) -> ParaSweep:
     return para_sweep(_index, n_points=201)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
+    """The comparison.json at `path` (None if absent); `mtime_ns` is in the key so a rewrite is read again."""
+    return read_report(path)
+
+
+EVALUATIONS_MAX = 512
+_EVALUATIONS_LOCK = threading.Lock()
+
+
+@st.cache_resource
+def _evaluation_store() -> OrderedDict[tuple, Evaluation]:
+    """Evaluations shared by every session, oldest dropped first beyond EVALUATIONS_MAX."""
+    return OrderedDict()
+
+
+def cached_evaluation(
+    fingerprint: str,
+    task: str,
+    split: str,
+    split_digest: str,
+    position: int | None,
+    min_rank: int,
+    compute: Callable[..., Evaluation],
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> Evaluation:
+    """Accuracy and loss of an adapter (position None) or of a PARA cut of it, on a task's split.
+
+    Keyed by the arguments before `compute(on_step)`, which runs the evaluation on a miss. The store is a
+    cache_resource rather than a cached function so that `on_step` can move a progress bar drawn outside
+    it (st.cache_data would try to replay those updates).
+    """
+    key = (fingerprint, task, split, split_digest, position, min_rank)
+    store = _evaluation_store()
+    with _EVALUATIONS_LOCK:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+    result = compute(on_step)
+    with _EVALUATIONS_LOCK:
+        store[key] = result
+        while len(store) > EVALUATIONS_MAX:
+            store.popitem(last=False)
+    return result

@@ -1,0 +1,58 @@
+"""Compare page and the PARA page's evaluation button, through AppTest on the bundled runs.
+
+The Compare page renders from the bundled comparison.json (no live evaluation); the PARA page's button runs
+one real evaluation on the validation split (223 headlines).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.training.results import read_report
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_adapters"
+TIMEOUT = 300
+
+
+@pytest.fixture
+def home() -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
+def test_compare_page_renders_the_bundled_comparison_without_evaluating(home):
+    report = read_report(SAMPLES / "comparison.json")
+    home.switch_page("pages/3_Compare.py").run()
+    for task in report.tasks:
+        home.selectbox(key="compare_task").set_value(task.task).run()
+        assert not home.exception, task.task
+        assert not any(b.label.startswith("Evaluate") for b in home.button)  # every result is current
+        assert any("current for these adapters" in c.value for c in home.caption)
+        table = home.dataframe[0].value
+        assert list(table["run"]) == [r.run for r in task.runs] and len(table) >= 4  # every adaptive run, r8
+        assert table["accuracy"].notna().all() and table["PARA accuracy"].notna().all()
+        assert list(table["PARA params (matched)"]) == [r.para.n_params for r in task.runs]
+        # accuracy curve, then per run: rank maps, type totals, layer totals; then the rank scatter
+        assert len(home.get("plotly_chart")) == 1 + 3 * len(task.runs) + 1
+        assert len(home.tabs) == len(task.runs)
+
+
+def test_para_page_evaluates_the_current_cut_of_a_bundled_run(home):
+    recorded = json.loads((SAMPLES / "minilm-bbc-topic-lora-r32" / "metrics.json").read_text())["validation"]
+    home.switch_page("pages/2_PARA.py").run()
+    home.radio(key="para_eval_split").set_value("validation").run()
+    next(b for b in home.button if b.label == "Evaluate this compression").click().run()
+    assert not home.exception
+    metrics = {m.label: m.value for m in home.metric}
+    assert metrics["Uncompressed accuracy"] == f"{recorded['accuracy']:.2%}"
+    assert metrics["Examples"] == "223" and metrics["Accuracy at this cut (validation)"].endswith("%")
+    home.run()  # a rerun reads the result from the cache: no button, same numbers
+    assert not any(b.label == "Evaluate this compression" for b in home.button)
+    assert {m.label: m.value for m in home.metric}["Accuracy at this cut (validation)"] == metrics[
+        "Accuracy at this cut (validation)"
+    ]
