@@ -77,7 +77,10 @@ def _progress_bar(desc: str):
         if not bars:
             bars.append(tqdm(desc=desc, unit="step", total=total))
         bars[0].n = step
-        bars[0].set_postfix(loss=f"{loss:.3f}")
+        if loss == loss:  # NaN: a step without a loss (embedding for the baselines)
+            bars[0].set_postfix(loss=f"{loss:.3f}")
+        else:
+            bars[0].refresh()
         if step == total:
             bars[0].close()
 
@@ -86,6 +89,7 @@ def _progress_bar(desc: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_transformers()
     try:
         if args.command == "train":
             config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
@@ -158,16 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _quiet_transformers() -> None:
+    """Errors only from transformers: its load report and weight-loading bar repeat for every model load."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     """Run the comparison with one progress bar per evaluation, write the JSON, print the README tables."""
     from tqdm import tqdm
-    from transformers.utils import logging as hf_logging
 
     from analysis.training.comparison import compare_runs
     from analysis.training.results import markdown_tables, read_report, write_report
 
-    hf_logging.set_verbosity_error()  # the base model's load report and progress bar repeat for every evaluation
-    hf_logging.disable_progress_bar()
     out = Path(args.out or Path(args.folder) / "comparison.json")
     previous = None if args.recompute else read_report(out)
     bars: dict[str, tqdm] = {}

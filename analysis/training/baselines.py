@@ -50,7 +50,7 @@ def embed(model: SentenceClassifier, tokenizer, examples: Sequence[Example], *, 
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
         out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (b, h)
         if on_step is not None:
-            on_step(i + 1, len(chunks), 0.0)
+            on_step(i + 1, len(chunks), float("nan"))  # no loss: embedding only
     return torch.cat(out), torch.tensor([e.label for e in examples])
 
 

@@ -22,7 +22,7 @@ from analysis.training.data import Example
 from analysis.training.model import BASE_MODEL_NAME, HEAD_NAME, MAX_LENGTH, TARGET_MODULES
 
 StepCallback = Callable[[int, int, float], None]
-"""on_step(step, total_steps, loss)."""
+"""on_step(step, total_steps, loss); loss is NaN for steps that compute none."""
 
 
 @dataclass(frozen=True)
