@@ -169,7 +169,7 @@ def show_accuracy_table(result: TaskComparison) -> None:
                        "L1 distance": st.column_config.NumberColumn(format="%.2f")},
     )  # fmt: skip
     st.caption(
-        "Accuracy on the chosen split; PARA − run in percentage points. Spearman ρ of per-module ranks (empty "
+        "Accuracy on the chosen split; PARA − run in percentage points. Spearman ρ of per-module ranks (None "
         "against a uniform allocation, where it is undefined); L1 = Σ|PARA − run| / Σ(PARA + run) over modules, "
         "0 for the same ranks, 1 for disjoint ones."
     )
