@@ -33,29 +33,17 @@ class AllocationComparison:
     """Layer index -> (total rank a, total rank b)."""
 
 
-def match_position(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> int:
-    """The PARA cut position whose parameter count is nearest to `n_params` (ties: the smaller count).
-
-    Args:
-        index: the fixed-rank adapter's PARA index.
-        n_params: the other method's LoRA parameter count.
-        min_rank: as in `allocate_ranks`.
-
-    Returns:
-        p: keep the p largest pooled components; |P(p) - n_params| <= one component's cost when min_rank = 0.
-
-    Example: components costing 10 and 20 give achievable counts 0, 10, 30; a target of 18 picks p = 1 (10).
-    """
+def _nearest_cut(index: ParaIndex, n_params: int, min_rank: int) -> tuple[int, RankAllocation]:
+    """(position, allocation) of the PARA cut whose parameter count is nearest `n_params` (ties: smaller)."""
     if n_params < 0:
         raise ValueError(f"n_params must be >= 0, got {n_params}")
     p = int(np.searchsorted(index.cum_params, n_params, side="right")) - 1  # largest cut within the budget
-    candidates = {p, min(p + 1, index.n_components)}
-    counts = {q: allocate_at(index, q, min_rank=min_rank).n_params_after for q in candidates}
-    return min(candidates, key=lambda q: (abs(counts[q] - n_params), counts[q]))
+    cuts = {q: allocate_at(index, q, min_rank=min_rank) for q in {p, min(p + 1, index.n_components)}}
+    return min(cuts.items(), key=lambda qa: (abs(qa[1].n_params_after - n_params), qa[1].n_params_after))
 
 
 def match_budget(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> RankAllocation:
-    """The PARA cut whose parameter count is nearest to `n_params` (within one component's cost).
+    """The PARA cut whose parameter count is nearest to `n_params` (ties: the smaller count).
 
     Args:
         index: the fixed-rank adapter's PARA index.
@@ -63,9 +51,11 @@ def match_budget(index: ParaIndex, n_params: int, *, min_rank: int = 0) -> RankA
         min_rank: as in `allocate_ranks`.
 
     Returns:
-        The allocation; its `n_params_after` is the achievable count nearest the target.
+        The allocation; |n_params_after - n_params| <= one component's cost when min_rank = 0.
+
+    Example: components costing 10 and 20 give achievable counts 0, 10, 30; a target of 18 picks 10.
     """
-    return allocate_at(index, match_position(index, n_params, min_rank=min_rank), min_rank=min_rank)
+    return _nearest_cut(index, n_params, min_rank)[1]
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -172,6 +162,5 @@ def match_allocation(index: ParaIndex, name: str, ranks: Mapping[str, int], *, m
         The matched pair with Spearman, normalised L1 and per-type / per-depth totals (a = PARA).
     """
     n_params = allocation_params(index, ranks)
-    position = match_position(index, n_params, min_rank=min_rank)
-    para = allocate_at(index, position, min_rank=min_rank)
+    position, para = _nearest_cut(index, n_params, min_rank)
     return MatchedAllocation(name, dict(ranks), n_params, position, para, compare_allocations(para.rank_map, ranks))

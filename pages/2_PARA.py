@@ -10,8 +10,7 @@ import streamlit as st
 from analysis.adapters import AdapterError
 from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, peft_config, save_adapter
 from analysis.figures import rank_heatmap_figure, sweep_figure
-from analysis.para import allocate_ranks, cut_position
-from analysis.training.catalog import run_of_adapter
+from analysis.para import allocate_at, cut_position
 from pages.shared import cache
 from pages.shared.compare_widgets import show_cut_evaluation
 from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT
@@ -29,15 +28,16 @@ st.markdown(
 
 index = cache.cached_para_index(adapter.fingerprint, spectra)
 value, unit, min_rank = cut_ui(index)
-allocation = allocate_ranks(index, value, unit, min_rank=min_rank)
+position = cut_position(index, value, unit)
+allocation = allocate_at(index, position, min_rank=min_rank)
 bytes_per_param = adapter.modules[0].A.element_size() if adapter.modules else 4
 show_cut_metrics(allocation, bytes_per_param)
 
 left, right = st.columns([3, 2])
 left.plotly_chart(rank_heatmap_figure(allocation), width="stretch")
 right.plotly_chart(sweep_figure(cache.cached_sweep(adapter.fingerprint, index), allocation), width="stretch")
-if run := run_of_adapter(adapter.source):  # a bundled sample or a training run: its task is known
-    show_cut_evaluation(adapter, index, run, cut_position(index, value, unit), min_rank)
+if run := cache.cached_run_of_adapter(adapter.source, adapter.fingerprint):  # a bundled sample or training run
+    show_cut_evaluation(adapter, run, allocation, position)
 
 changed = pd.DataFrame(
     {

@@ -28,7 +28,11 @@ if not runs_by_task or not any(fixed_rank(r) for runs in runs_by_task.values() f
 task, source, others, split = cw.comparison_picker_ui(folder, runs_by_task)
 
 report_file = folder / "comparison.json"
-report = cache.cached_report(str(report_file), report_file.stat().st_mtime_ns) if report_file.is_file() else None
+try:
+    report = cache.cached_report(str(report_file), report_file.stat().st_mtime_ns) if report_file.is_file() else None
+except ValueError as err:  # a comparison.json this version cannot read: evaluate live instead
+    st.error(str(err))
+    report = None
 known = report.evaluations() if report else {}
 
 
@@ -38,6 +42,7 @@ def compare(known):
     result = compare_task(
         task, [source, *others], evaluations, source=source, split=split, load=load_path,
         index_of=lambda a: cache.cached_para_index(a.fingerprint, cache.cached_spectra(a.fingerprint, a)),
+        digest_of=cache.split_digest_of,
     )  # fmt: skip
     return result, evaluations.pending
 

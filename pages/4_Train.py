@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import streamlit as st
 
 from analysis.training import jobs
 from analysis.training.records import list_runs
 from pages.shared import train_widgets as tw
-from pages.shared.widgets import ROOT, SAMPLES_DIR
+from pages.shared.widgets import SAMPLES_DIR, runs_dir
 
-RUNS_DIR = Path(os.environ.get("LORA_LAB_RUNS_DIR", ROOT / "runs"))  # where app-started runs go
+RUNS_DIR = runs_dir()
 REFRESH_S = 2.0
 
 st.set_page_config(page_title="Train · LoRA Rank Lab", layout="wide")

@@ -20,7 +20,7 @@ import torch
 
 from analysis.adapters import LoraAdapter, load_adapter
 from analysis.compare import match_allocation
-from analysis.para import ParaIndex, RankAllocation, allocate_ranks, cut_position, para_index
+from analysis.para import ParaIndex, RankAllocation, allocate_at, cut_position, para_index
 from analysis.spectra import adapter_spectra
 from analysis.training.catalog import classification_runs, para_source, split_digest
 from analysis.training.evaluate import evaluate_adapter, evaluate_cut
@@ -100,6 +100,7 @@ def compare_task(
     min_rank: int = 0,
     load: Callable[[Path], LoraAdapter] = load_adapter,
     index_of: Callable[[LoraAdapter], ParaIndex] = _index,
+    digest_of: Callable[[Path, str], str] = split_digest,
 ) -> TaskComparison | None:
     """One task: PARA's curve on the source and every other run against PARA at its parameter count.
 
@@ -113,6 +114,7 @@ def compare_task(
         min_rank: as in `allocate_ranks`.
         load: reads an adapter folder (the app passes its cached loader).
         index_of: an adapter's PARA index (the app passes its cached one).
+        digest_of: a run's split digest (the app passes its cached one).
 
     Returns:
         The comparison (evaluations None where pending), or None when there is no fixed-rank run.
@@ -122,7 +124,7 @@ def compare_task(
         return None
     adapter = load(source.path / ADAPTER_DIR)
     index = index_of(adapter)
-    digest = split_digest(source.path, split)
+    digest = digest_of(source.path, split)
     source_eval = evaluations.get(
         EvalKey(adapter.fingerprint, task, split, digest),
         f"{source.name} as trained",
@@ -142,15 +144,16 @@ def compare_task(
 
     curve = []
     for f in fractions:
-        allocation = allocate_ranks(index, f, "params_fraction", min_rank=min_rank)
-        curve.append(cut(allocation, cut_position(index, f, "params_fraction"), f"PARA {f:.0%} of {source.name}", f))
+        position = cut_position(index, f, "params_fraction")
+        allocation = allocate_at(index, position, min_rank=min_rank)
+        curve.append(cut(allocation, position, f"PARA {f:.0%} of {source.name}", f))
     results = []
     for run in runs:
         if run.path == source.path:
             continue
         matched = match_allocation(index, run.name, read_allocation(run), min_rank=min_rank)
         run_adapter = load(run.path / ADAPTER_DIR)
-        run_digest = split_digest(run.path, split)
+        run_digest = digest_of(run.path, split)
         run_eval = evaluations.get(
             EvalKey(run_adapter.fingerprint, task, split, run_digest),
             run.name,

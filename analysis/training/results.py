@@ -39,7 +39,7 @@ class EvalKey:
     task: str
     split: str
     split_digest: str
-    """sha256 of the split's example ids (`records.split_digest`); "" for the task's default split."""
+    """sha256 of the split's example ids (`catalog.split_digest`); "" for the task's default split."""
     position: int | None = None
     """PARA cut position (the number of pooled components kept); None for the adapter as it is."""
     min_rank: int = 0
@@ -124,9 +124,6 @@ class ComparisonReport:
                 found[EvalKey(r.fingerprint, t.task, t.split, r.split_digest)] = r.evaluation
         return {k: v for k, v in found.items() if v is not None}
 
-    def task(self, name: str) -> TaskComparison | None:
-        return next((t for t in self.tasks if t.task == name), None)
-
 
 def _float(x: float) -> float | None:
     return None if isinstance(x, float) and math.isnan(x) else x
@@ -209,10 +206,11 @@ def read_report(path: str | Path) -> ComparisonReport | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        return report_from_json(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); rerun the compare command") from err
-    return report_from_json(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def _pct(e: Evaluation | None) -> str:

@@ -19,7 +19,9 @@ import streamlit as st
 from analysis.adapters import LoraAdapter, load_adapter
 from analysis.para import ParaIndex, ParaSweep, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, adapter_spectra
-from analysis.training.results import ComparisonReport, Evaluation, read_report
+from analysis.training.catalog import run_of_adapter, split_digest
+from analysis.training.records import RunRecord
+from analysis.training.results import ComparisonReport, EvalKey, Evaluation, read_report
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading adapter…")
@@ -76,33 +78,43 @@ def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
     return read_report(path)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def cached_run_of_adapter(source: str, fingerprint: str) -> RunRecord | None:
+    """The classification run an adapter folder belongs to (None for uploads and plain folders)."""
+    return run_of_adapter(source)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def cached_split_digest(run_path: str, split: str, mtime_ns: int) -> str:
+    """`catalog.split_digest`, read once per splits.json version (`mtime_ns`; 0 when the run saved none)."""
+    return split_digest(run_path, split)
+
+
+def split_digest_of(run_path: str | Path, split: str) -> str:
+    """The digest of a run's split, from the cache unless its splits.json changed."""
+    file = Path(run_path) / "splits.json"
+    return cached_split_digest(str(run_path), split, file.stat().st_mtime_ns if file.is_file() else 0)
+
+
 EVALUATIONS_MAX = 512
 _EVALUATIONS_LOCK = threading.Lock()
 
 
 @st.cache_resource
-def _evaluation_store() -> OrderedDict[tuple, Evaluation]:
+def _evaluation_store() -> OrderedDict[EvalKey, Evaluation]:
     """Evaluations shared by every session, oldest dropped first beyond EVALUATIONS_MAX."""
     return OrderedDict()
 
 
 def cached_evaluation(
-    fingerprint: str,
-    task: str,
-    split: str,
-    split_digest: str,
-    position: int | None,
-    min_rank: int,
-    compute: Callable[..., Evaluation],
-    on_step: Callable[[int, int, float], None] | None = None,
+    key: EvalKey, compute: Callable[..., Evaluation], on_step: Callable[[int, int, float], None] | None = None
 ) -> Evaluation:
-    """Accuracy and loss of an adapter (position None) or of a PARA cut of it, on a task's split.
+    """Accuracy and loss of an adapter (key.position None) or of a PARA cut of it, on a task's split.
 
-    Keyed by the arguments before `compute(on_step)`, which runs the evaluation on a miss. The store is a
-    cache_resource rather than a cached function so that `on_step` can move a progress bar drawn outside
-    it (st.cache_data would try to replay those updates).
+    `compute(on_step)` runs the evaluation on a miss. The store is a cache_resource rather than a cached
+    function so that `on_step` can move a progress bar drawn outside it (st.cache_data would try to replay
+    those updates).
     """
-    key = (fingerprint, task, split, split_digest, position, min_rank)
     store = _evaluation_store()
     with _EVALUATIONS_LOCK:
         if key in store:

@@ -7,7 +7,6 @@ through `cache.cached_evaluation`, with a progress bar, only when the user asks 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from analysis.compare_figures import (
     rank_scatter_figure,
     totals_figure,
 )
-from analysis.para import ParaIndex, allocate_at
-from analysis.training.catalog import fixed_rank, para_source, split_digest
+from analysis.para import RankAllocation
+from analysis.training.catalog import fixed_rank, para_source
 from analysis.training.comparison import PendingEvaluation
 from analysis.training.evaluate import evaluate_cut
 from analysis.training.records import RunRecord
@@ -41,10 +40,8 @@ from pages.shared.state import (
     KEY_EVAL_REQUESTED,
     KEY_PARA_EVAL_SPLIT,
 )
-from pages.shared.widgets import ROOT, SAMPLES_DIR
+from pages.shared.widgets import SAMPLES_DIR, runs_dir
 
-RUNS_DIR = Path(os.environ.get("LORA_LAB_RUNS_DIR", ROOT / "runs"))  # as on the Train page
-FOLDERS = {"Bundled runs (sample_adapters/)": SAMPLES_DIR, "Your runs (runs/)": RUNS_DIR}
 METHOD_NAMES = {
     "para": "PARA",
     "lora": "LoRA (fixed rank)",
@@ -71,8 +68,9 @@ METHOD_MEANINGS = (
 
 def runs_folder_ui() -> Path:
     """Where to look for run records: the bundled runs or the Train page's runs/."""
-    label = st.radio("Runs", list(FOLDERS), horizontal=True, key=KEY_COMPARE_FOLDER)
-    return FOLDERS[label]
+    folders = {"Bundled runs (sample_adapters/)": SAMPLES_DIR, "Your runs (runs/)": runs_dir()}
+    label = st.radio("Runs", list(folders), horizontal=True, key=KEY_COMPARE_FOLDER)
+    return folders[label]
 
 
 def _run_label(run: RunRecord) -> str:
@@ -121,6 +119,11 @@ def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: boo
                 return {}
         box.empty()
         requested |= {p.key for p in pending}
+    return _evaluate_with_progress(pending)
+
+
+def _evaluate_with_progress(pending: Sequence[PendingEvaluation]) -> dict[EvalKey, Evaluation]:
+    """Each pending evaluation through the shared cache, with one progress bar over all of them."""
     bar = st.progress(0.0, text="Evaluating…")
     results = {}
     for i, p in enumerate(pending):
@@ -128,17 +131,7 @@ def evaluate_pending_ui(pending: Sequence[PendingEvaluation], *, has_report: boo
         def on_step(step: int, total: int, loss: float, i: int = i, label: str = p.label) -> None:
             bar.progress(min((i + step / max(total, 1)) / len(pending), 1.0), text=f"{label}: batch {step} of {total}")
 
-        k = p.key
-        results[k] = cache.cached_evaluation(
-            k.fingerprint,
-            k.task,
-            k.split,
-            k.split_digest,
-            k.position,
-            k.min_rank,
-            compute=p.compute,
-            on_step=on_step,
-        )
+        results[p.key] = cache.cached_evaluation(p.key, p.compute, on_step)
     bar.empty()
     return results
 
@@ -238,19 +231,19 @@ def show_rank_correlation(result: TaskComparison) -> None:
     st.plotly_chart(rank_scatter_figure(pairs), width="stretch")
 
 
-def show_cut_evaluation(adapter: LoraAdapter, index: ParaIndex, run: RunRecord, position: int, min_rank: int) -> None:
+def show_cut_evaluation(adapter: LoraAdapter, run: RunRecord, allocation: RankAllocation, position: int) -> None:
     """PARA page: "Evaluate this compression" on the run's task, beside the run's uncompressed accuracy.
 
     Args:
         adapter: the loaded adapter (the `adapter/` folder of `run`).
-        index: its PARA index.
         run: the classification run it belongs to (its task, split and recorded accuracy).
-        position: the current cut position; min_rank: the current minimum rank.
+        allocation: the current cut; position: its position in the pooled order.
     """
-    task = run.metrics["task"]
+    task = run.task
     st.subheader(f"Task accuracy of this compression ({task})")
     split = st.radio("Split", ["test", "validation"], horizontal=True, key=KEY_PARA_EVAL_SPLIT)
-    key = EvalKey(adapter.fingerprint, task, split, split_digest(run.path, split), position, min_rank)
+    digest = cache.split_digest_of(run.path, split)
+    key = EvalKey(adapter.fingerprint, task, split, digest, position, allocation.min_rank)
     uncompressed = run.metrics.get(split, {}).get("accuracy")
     requested: set[EvalKey] = st.session_state.setdefault(KEY_EVAL_REQUESTED, set())
     if key not in requested:
@@ -259,19 +252,11 @@ def show_cut_evaluation(adapter: LoraAdapter, index: ParaIndex, run: RunRecord, 
         if not st.button("Evaluate this compression", type="primary"):
             return
         requested.add(key)
-    bar = st.progress(0.0, text="Evaluating…")
 
     def compute(on_step):
-        allocation = allocate_at(index, position, min_rank=min_rank)
         return evaluate_cut(adapter, allocation, task, run=run.path, split=split, on_step=on_step)
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        bar.progress(min(step / max(total, 1), 1.0), text=f"batch {step} of {total}")
-
-    result = cache.cached_evaluation(
-        key.fingerprint, task, split, key.split_digest, position, min_rank, compute=compute, on_step=on_step
-    )
-    bar.empty()
+    result = _evaluate_with_progress([PendingEvaluation(key, "this cut", compute)])[key]
     cols = st.columns(4)
     delta = None if uncompressed is None else f"{100 * (result.accuracy - uncompressed):+.2f} points"
     cols[0].metric(f"Accuracy at this cut ({split})", f"{result.accuracy:.2%}", delta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -15,6 +16,13 @@ from pages.shared.state import KEY_ADAPTER, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_LOA
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = ROOT / "sample_adapters"
+
+
+def runs_dir() -> Path:
+    """Where app-started training runs go: runs/, or $LORA_LAB_RUNS_DIR (read on every rerun)."""
+    return Path(os.environ.get("LORA_LAB_RUNS_DIR", ROOT / "runs"))
+
+
 DEFAULT_SAMPLE = "minilm-bbc-topic-lora-r32"
 UPLOAD_LIMIT_MB = 1024
 
