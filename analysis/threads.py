@@ -3,7 +3,7 @@
 Measured on a shared 2-core VM: torch's OpenMP regions and OpenBLAS's helper threads wait for descheduled
 helpers, which made a 640 MB adapter's spectra 5-20x slower while other jobs ran (and numpy's threaded
 syrk 10-100x slower). Worker threads that each call one-thread BLAS never wait for one another. numpy's
-BLAS is set to one thread through threadpoolctl (installed with scikit-learn) only while the engine runs;
+BLAS is set to one thread through threadpoolctl (in requirements.txt) only while the engine runs;
 without threadpoolctl the engine uses torch's BLAS throughout. No streamlit here.
 """
 
@@ -19,21 +19,21 @@ import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
-_local = threading.local()
-_blas_lock = threading.Lock()
-_blas_users = 0
+_lock = threading.Lock()
+_users = 0  # engine_threads blocks open in any thread
+_outer_threads: int | None = None  # torch's thread count before the first of them
 _blas_limiter: Any = None
 _blas_controller: Any = None
 
 
 def outer_threads() -> int:
-    """The thread count the caller had before `engine_threads` set torch to one: the number of workers."""
-    return getattr(_local, "outer_threads", None) or torch.get_num_threads()
+    """The thread count torch had before the engine set it to one: the number of workers."""
+    return _outer_threads or torch.get_num_threads()
 
 
 def numpy_blas_is_single_threaded() -> bool:
     """Whether numpy's BLAS is currently held at one thread by `engine_threads` (so workers may call it)."""
-    return _blas_users > 0 and _blas_limiter is not None
+    return _users > 0 and _blas_limiter is not None
 
 
 def _limit_numpy_blas() -> Any:
@@ -50,31 +50,29 @@ def _limit_numpy_blas() -> Any:
 
 @contextmanager
 def engine_threads() -> Iterator[None]:
-    """In this block torch runs on one thread in this thread, and numpy's BLAS on one thread everywhere.
+    """In this block torch and numpy's BLAS run on one thread; re-entrant and shared between threads.
 
-    torch.set_num_threads acts per thread under OpenMP, so other threads keep their setting. numpy's BLAS
-    limit is process-wide: it is taken by the first engine call in and restored by the last one out.
+    Both settings are process-wide (torch.set_num_threads also sets the default that new threads start
+    with), so they are taken by the first block in, in any thread, and restored by the last one out.
     """
-    global _blas_users, _blas_limiter
-    if getattr(_local, "outer_threads", None) is not None:  # already inside
-        yield
-        return
-    with _blas_lock:
-        if _blas_users == 0:
+    global _users, _outer_threads, _blas_limiter
+    with _lock:
+        if _users == 0:
+            _outer_threads = torch.get_num_threads()
             _blas_limiter = _limit_numpy_blas()
-        _blas_users += 1
-    n = _local.outer_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+        _users += 1
+    torch.set_num_threads(1)  # also in this thread, where OpenMP keeps a per-thread setting
     try:
         yield
     finally:
-        torch.set_num_threads(n)
-        _local.outer_threads = None
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                torch.set_num_threads(_outer_threads or 1)
+                _outer_threads = None
+                if _blas_limiter is not None:
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
 
 
 def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
@@ -83,16 +81,16 @@ def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = 
     torch and numpy release the GIL inside their kernels, so two workers keep two cores busy.
     """
     workers = min(workers or outer_threads(), len(items))
-    if workers <= 1:
-        with engine_threads():
+    with engine_threads():
+        if workers <= 1:
             return [fn(x) for x in items]
 
-    def run(part: Sequence[T]) -> list[R]:
-        torch.set_num_threads(1)  # this pool's own thread: no need to restore
-        return [fn(x) for x in part]
+        def run(part: Sequence[T]) -> list[R]:
+            torch.set_num_threads(1)  # OpenMP's per-thread setting; the engine block restores the default
+            return [fn(x) for x in part]
 
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
     out: list[R] = [None] * len(items)  # type: ignore[list-item]
     for w, part in enumerate(parts):
         out[w::workers] = part

@@ -21,6 +21,38 @@ def test_engine_threads_restores_torch_threads_and_is_reentrant():
     assert torch.get_num_threads() == before
 
 
+
+def test_overlapping_engine_blocks_in_two_threads_restore_the_default():
+    """A session's block may close before another's (Streamlit runs each rerun on its own thread)."""
+    before = torch.get_num_threads()
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def a() -> None:
+        with threads.engine_threads():
+            a_inside.set()
+            b_inside.wait(10)
+        a_done.set()
+
+    def b() -> None:
+        a_inside.wait(10)
+        with threads.engine_threads():
+            b_inside.set()
+            a_done.wait(10)
+            assert threads.outer_threads() == before
+
+    workers = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(20)
+    assert torch.get_num_threads() == before
+    fresh: list[int] = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [before]  # new threads (the next rerun's) start with the default again
+
+
 def test_engine_threads_restores_numpy_blas_limits():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
@@ -33,6 +65,7 @@ def test_engine_threads_restores_numpy_blas_limits():
 
 
 def test_map_workers_keeps_order_and_uses_worker_threads():
+    before = torch.get_num_threads()
     seen = set()
 
     def square(x: int) -> int:
@@ -43,6 +76,7 @@ def test_map_workers_keeps_order_and_uses_worker_threads():
     assert threads.map_workers(square, list(range(7)), workers=2) == [x * x for x in range(7)]
     assert threading.get_ident() not in seen
     assert threads.map_workers(square, [3], workers=2) == [9]
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("side", ["B", "A"])
