@@ -225,6 +225,8 @@ def _is_finite(t: torch.Tensor) -> bool:
             total = t.numpy().sum(dtype=np.float64 if t.dtype == torch.float64 else np.float32)
         if np.isfinite(total):
             return True
+    elif bool(torch.isfinite(t.sum(dtype=torch.float32))):  # bfloat16 (no numpy dtype): no full-size mask
+        return True
     return bool(torch.isfinite(t).all())
 
 
