@@ -65,7 +65,7 @@ def _factor_dtype(module: LoraModule) -> torch.dtype:
     return module.A.dtype if module.A.is_floating_point() else torch.float32
 
 
-def _pattern_key(name: str) -> str:
+def pattern_key(name: str) -> str:
     """A rank_pattern key that matches exactly this module under PEFT's `(.*\\.)?(key)$` rule (PEFT >= 0.15)."""
     return "^" + re.escape(name)
 
@@ -166,7 +166,7 @@ def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, A
     kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
     dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
     r_max = max(kept.values(), default=1)
-    pattern = {_pattern_key(name): k for name, k in kept.items()}
+    pattern = {pattern_key(name): k for name, k in kept.items()}
     excluded = config.get("exclude_modules")
     excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
     config.update(

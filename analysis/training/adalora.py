@@ -106,14 +106,15 @@ def train_adalora(
     )  # fmt: skip
     peft_model = get_peft_model(model, peft_config)
     peft_model.peft_config["default"].base_model_name_or_path = BASE_MODEL_NAME
-    names = sorted(lora_modules(peft_model))
+    modules = lora_modules(peft_model)
+    names = sorted(modules)
     trajectory: list[dict] = []
 
     def allocate(step: int) -> None:
         peft_model.base_model.update_and_allocate(step)  # after optimizer.step(), before zero_grad()
         if step % max(1, total // 20) == 0 or step == total:
             with torch.no_grad():
-                ranks = [int((lora_modules(peft_model)[n].lora_E["default"] != 0).sum()) for n in names]
+                ranks = [int((modules[n].lora_E["default"] != 0).sum()) for n in names]
             trajectory.append({"step": step, "ranks": ranks})
 
     def orth() -> torch.Tensor:

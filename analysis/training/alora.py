@@ -94,7 +94,7 @@ def reallocate(
         per_module.setdefault(name, []).append(value)
     mean_score = {name: sum(v) / len(v) for name, v in per_module.items()}
     receivers = sorted((n for n in layers if n not in lost), key=lambda n: -mean_score.get(n, -math.inf))
-    used = sum(int(layer.active.sum()) * _cost(layer) for layer in layers.values())
+    used = sum(int(layer.active.sum()) * layer.cost for layer in layers.values())
     added: dict[str, int] = {}
     to_add = len(lowest)
     while to_add and receivers:
@@ -102,20 +102,16 @@ def reallocate(
         for name in receivers:
             layer = layers[name]
             free = (~layer.active).nonzero().flatten()
-            if not to_add or not free.numel() or used + _cost(layer) > budget:
+            if not to_add or not free.numel() or used + layer.cost > budget:
                 continue
             layer.init_slot(int(free[0]))
-            used += _cost(layer)
+            used += layer.cost
             added[name] = added.get(name, 0) + 1
             to_add -= 1
             progressed = True
         if not progressed:
             break
     return {"pruned": [[n, i, round(scores[(n, i)], 5)] for n, i in lowest], "added": added}
-
-
-def _cost(layer: GatedLoraLinear) -> int:
-    return layer.base.in_features + layer.base.out_features
 
 
 def train_alora(

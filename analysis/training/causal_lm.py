@@ -24,7 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from analysis.adapters import load_adapter
+from analysis.adapters import LoraAdapter, load_adapter
 from analysis.export import compress_adapter, save_adapter
 from analysis.para import allocate_ranks, para_index
 from analysis.spectra import adapter_spectra
@@ -209,10 +209,9 @@ def _adapter_perplexity(base: PreTrainedModel, folder: Path, chunks: torch.Tenso
 
 
 def para_perplexities(
-    base: PreTrainedModel, adapter_folder: Path, chunks: torch.Tensor, fractions: Sequence[float]
+    base: PreTrainedModel, adapter: LoraAdapter, chunks: torch.Tensor, fractions: Sequence[float]
 ) -> tuple[list[dict[str, float]], PreTrainedModel]:
     """Held-out perplexity of PARA cuts at parameter budgets `fractions`, each exported and loaded with peft."""
-    adapter = load_adapter(adapter_folder)
     index = para_index(adapter_spectra(adapter))
     cuts = []
     with tempfile.TemporaryDirectory(prefix="para-lm-") as tmp:
@@ -267,10 +266,10 @@ def train_causal_lm_run(
         result.model.save_pretrained(folder)
         after, base = _adapter_perplexity(result.model.unload(), folder, data.held_out)
         run.log(f"held-out perplexity after: {after:.3f} (the saved {config.adapter_dtype} adapter, loaded by peft)")
-        cuts, _ = para_perplexities(base, folder, data.held_out, config.para_fractions)
+        adapter = load_adapter(folder)
+        cuts, _ = para_perplexities(base, adapter, data.held_out, config.para_fractions)
         for cut in cuts:
             run.log(f"PARA cut at {cut['params_fraction']:.0%} of the LoRA params: perplexity {cut['perplexity']:.3f}")
-        adapter = load_adapter(folder)
         metrics = {
             "method": "lora",
             "task": TASK_NAME,

@@ -10,7 +10,6 @@ with the classifier head in modules_to_save, so peft and the engine load it as p
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -18,9 +17,9 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import nn
 
-from analysis.training.model import BASE_MODEL_NAME, HEAD_NAME, TARGET_MODULES
-
-PEFT_PREFIX = "base_model.model."
+from analysis.adapters import PEFT_PREFIX
+from analysis.export import pattern_key
+from analysis.training.model import BASE_MODEL_NAME, HEAD_NAME, TARGET_MODULES, target_linears
 
 
 class GatedLoraLinear(nn.Module):
@@ -43,6 +42,11 @@ class GatedLoraLinear(nn.Module):
         self.register_buffer("gate_override", torch.ones(cap))
         for i in range(min(n_active, cap)):
             self.init_slot(i)
+
+    @property
+    def cost(self) -> int:
+        """LoRA parameters of one rank: d_in + d_out."""
+        return self.base.in_features + self.base.out_features
 
     @torch.no_grad()
     def init_slot(self, i: int) -> None:
@@ -81,11 +85,7 @@ def wrap_targets(model: nn.Module, cls: type[GatedLoraLinear], **kwargs) -> dict
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    names = [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_MODULES and name != HEAD_NAME
-    ]
+    names = list(target_linears(model))
     layers = {}
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
@@ -126,7 +126,7 @@ def write_lora_folder(
         raise ValueError("every module ended at rank 0; raise the budget (--budget-rank)")
     tensors[f"{PEFT_PREFIX}{HEAD_NAME}.weight"] = head.weight.detach().clone()
     tensors[f"{PEFT_PREFIX}{HEAD_NAME}.bias"] = head.bias.detach().clone()
-    pattern = {"^" + re.escape(name): k for name, k in kept.items()}  # anchored: exactly one module each
+    pattern = {pattern_key(name): k for name, k in kept.items()}  # anchored: exactly one module each
     config = LoraConfig(
         r=max(kept.values()),
         lora_alpha=max(kept.values()),

@@ -49,10 +49,9 @@ def train_command(
     """
     if not NAME_RE.match(name) or name.endswith((".failed", ".job")):
         raise ValueError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (no path, no .failed suffix)")
-    rank_flag = "--rank" if method == "lora" else "--budget-rank"
     return [
         sys.executable, "-m", "analysis.training", "train", "--method", method, "--task", task,
-        rank_flag, str(budget_rank), "--epochs", str(epochs), "--seed", str(seed), "--out", str(runs_dir / name),
+        "--budget-rank", str(budget_rank), "--epochs", str(epochs), "--seed", str(seed), "--out", str(runs_dir / name),
     ]  # fmt: skip
 
 

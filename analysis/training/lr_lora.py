@@ -53,10 +53,6 @@ class LearnedRankLinear(GatedLoraLinear):
     def gates(self) -> torch.Tensor:
         return self.active.to(self.A.dtype) * self.mask() * self.gate_override
 
-    @property
-    def cost(self) -> int:
-        return self.base.in_features + self.base.out_features
-
 
 def expected_params(layers: dict[str, LearnedRankLinear]) -> torch.Tensor:
     return sum(layer.cost * layer.mask().sum() for layer in layers.values())
