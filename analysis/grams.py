@@ -99,7 +99,7 @@ def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dty
     return out
 
 
-def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Cholesky factors of Grams (n, r, r) with the condition number of each.
 
     The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1/2 G D^-1/2 (column scaling
@@ -109,8 +109,8 @@ def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     low on steep spectra, and power iteration cost more than this on the CPU.
 
     Returns:
-        (L (n, r, r) float64, sqrt(diag G) (n, r) float64, condition number (n,) float64; inf where the
-        factorisation failed or G_s is numerically singular).
+        (L (n, r, r) float64, condition number (n,) float64; inf where the factorisation failed or G_s is
+        numerically singular).
     """
     L, info = torch.linalg.cholesky_ex(G)
     G = G.double()
@@ -123,7 +123,7 @@ def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         eigen = torch.linalg.eigvalsh(scaled)  # ascending: (n, r)
     kappa = eigen[:, -1] / eigen[:, 0]
     bad = (info != 0) | ~(eigen[:, 0] > 0) | ~torch.isfinite(kappa)
-    return L.double(), d, torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
+    return L.double(), torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
 
 
 def side_factors(
@@ -159,14 +159,14 @@ def side_factors(
 
     use64 = always_float64
     if not use64:
-        _, _, kappa = cholesky_factors(grams([0], torch.float32))
+        _, kappa = cholesky_factors(grams([0], torch.float32))
         use64 = bool(EPS32 * kappa[0] > tol)
     everyone = list(range(len(factors)))
-    L, d, kappa = cholesky_factors(grams(everyone, torch.float64 if use64 else torch.float32))
+    L, kappa = cholesky_factors(grams(everyone, torch.float64 if use64 else torch.float32))
     is_float64 = torch.full((len(factors),), use64, device=dev64)
     redo = (~is_float64 & (EPS32 * kappa > tol)).nonzero().flatten().tolist()
     if redo:
-        L[redo], d[redo], kappa[redo] = cholesky_factors(grams(redo, torch.float64))
+        L[redo], kappa[redo] = cholesky_factors(grams(redo, torch.float64))
         is_float64[redo] = True
     eps = torch.where(is_float64, EPS64, EPS32).to(kappa.dtype)
     return L, eps * kappa, is_float64

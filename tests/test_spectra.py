@@ -77,8 +77,8 @@ def test_gram_error_estimate_bounds_the_measured_error(style):
         R_A = torch.linalg.qr(A.double().T, mode="r").R  # (r, r)
         exact = torch.linalg.svdvals(R_B @ R_A.T)  # the float64 QR route: (r, r) @ (r, r)
         for dtype in (torch.float32, torch.float64):
-            L_B, _, kappa_B = grams.cholesky_factors(grams.side_gram(B, "B", dtype)[None])
-            L_A, _, kappa_A = grams.cholesky_factors(grams.side_gram(A, "A", dtype)[None])
+            L_B, kappa_B = grams.cholesky_factors(grams.side_gram(B, "B", dtype)[None])
+            L_A, kappa_A = grams.cholesky_factors(grams.side_gram(A, "A", dtype)[None])
             if not (torch.isfinite(kappa_B).all() and torch.isfinite(kappa_A).all()):
                 continue  # Cholesky failed: the engine goes to QR
             estimate = torch.finfo(dtype).eps * (kappa_B + kappa_A)
