@@ -99,8 +99,9 @@ def train_adalora(
     torch.manual_seed(config.seed)
     total = total_steps(len(train), config)
     init_r = max(budget_rank + 1, round(settings.init_ratio * budget_rank))
+    scale = config.lora_alpha / config.r  # the run's alpha / rank (2 by default), kept at init_r
     peft_config = AdaLoraConfig(
-        init_r=init_r, target_r=budget_rank, lora_alpha=2.0 * init_r, target_modules=TARGET_MODULES,
+        init_r=init_r, target_r=budget_rank, lora_alpha=scale * init_r, target_modules=TARGET_MODULES,
         modules_to_save=[HEAD_NAME], total_step=total, tinit=int(total * settings.tinit_fraction),
         tfinal=int(total * settings.tfinal_fraction), deltaT=1, orth_reg_weight=settings.orth_reg_weight,
     )  # fmt: skip
