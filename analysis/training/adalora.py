@@ -121,7 +121,7 @@ def train_adalora(
     def orth() -> torch.Tensor:
         return settings.orth_reg_weight * _orth_penalty(peft_model)
 
-    losses, _ = train_loop(peft_model, tokenizer, train, config, on_step=on_step, extra_loss=orth, after_step=allocate)
+    losses = train_loop(peft_model, tokenizer, train, config, on_step=on_step, extra_loss=orth, after_step=allocate)
     factors, trimmed = budget_trim(_factors(peft_model), budget_params)
     details = {"init_r": init_r, "target_r": budget_rank, "total_step": total, "budget_trimmed_components": trimmed}
     details |= {"modules": names, **{k: getattr(peft_config, k) for k in ("tinit", "tfinal", "deltaT", "lora_alpha")}}

@@ -156,7 +156,7 @@ def train_alora(
             if on_step is not None:
                 on_step(offset + step, total, loss)
 
-        more, n = train_loop(model, tokenizer, train, phase_config, on_step=progress)
+        more = train_loop(model, tokenizer, train, phase_config, on_step=progress)
         losses += more
-        done += n
+        done += len(more)
     return layers, losses, trajectory

@@ -8,7 +8,6 @@ No streamlit, no printing: progress goes through `on_step`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,8 +51,7 @@ class TrainConfig:
 class TrainResult:
     model: PeftModel
     loss_curve: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    n_steps: int = 0
+    """Task loss of every optimizer step, in order."""
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -89,7 +87,7 @@ def train_loop(
     after_step: Callable[[int], None] | None = None,
     param_groups: list[dict] | None = None,
 ) -> tuple[list[float], int]:
-    """AdamW over the trainable parameters with cross-entropy; returns the task-loss curve and step count.
+    """AdamW over the trainable parameters with cross-entropy; returns the task loss of every step.
 
     Args:
         model: the classifier with its LoRA layers.
@@ -132,7 +130,7 @@ def train_loop(
             if on_step is not None:
                 on_step(step, total, losses[-1])
     model.eval()
-    return losses, step
+    return losses
 
 
 def train_lora(
@@ -153,14 +151,12 @@ def train_lora(
         on_step: progress callback.
 
     Returns:
-        The trained PeftModel (eval mode), the loss curve and the wall time.
+        The trained PeftModel (eval mode) and the loss curve.
     """
-    start = time.perf_counter()
     torch.manual_seed(config.seed)
     peft_model = get_peft_model(model, lora_config(config.r, config.lora_alpha, init_lora_weights=True))
     peft_model.peft_config["default"].base_model_name_or_path = BASE_MODEL_NAME
-    losses, steps = train_loop(peft_model, tokenizer, train, config, on_step=on_step)
-    return TrainResult(peft_model, losses, time.perf_counter() - start, steps)
+    return TrainResult(peft_model, train_loop(peft_model, tokenizer, train, config, on_step=on_step))
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def train_lr_lora(
                 {"step": step, "ranks": ranks, "rho": [round(r, 3) for r in rho], "expected_params": expected}
             )
 
-    losses, _ = train_loop(
+    losses = train_loop(
         model, tokenizer, train, config, on_step=on_step, extra_loss=penalty, after_step=record, param_groups=groups
     )
     ranks = finalize_ranks(layers, budget)
