@@ -29,7 +29,7 @@ from analysis.adapters import load_adapter  # noqa: E402
 from analysis.para import allocate_ranks, para_index  # noqa: E402
 from analysis.spectra import adapter_spectra  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
-from bench.make_adapter import make_adapter  # noqa: E402
+from bench.run import adapter_folder  # noqa: E402
 
 
 def largest_sample() -> Path:
@@ -81,9 +81,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     logging.getLogger("streamlit").setLevel(logging.ERROR)  # AppTest's bare-mode warnings
-    llama = Path(args.work) / "llama2-7b-r64"
-    if not (llama / "adapter_model.safetensors").is_file():
-        make_adapter("llama2-7b", 64, llama)
+    llama = adapter_folder("llama2-7b:64", Path(args.work))  # generated on first use
     machine = machine_info(torch.device("cpu"))
     rows = []
     for folder in (largest_sample(), llama):

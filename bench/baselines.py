@@ -12,7 +12,6 @@ float64 dense SVD on the sampled modules, and against the float64 factor-space Q
 from __future__ import annotations
 
 import statistics
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -22,7 +21,7 @@ import torch
 from analysis.adapters import LoraAdapter, LoraModule
 from analysis.spectra import AdapterSpectra, adapter_spectra
 from analysis.threads import engine_threads
-from bench.machine import synchronize
+from bench.machine import median_time
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,6 @@ def _dense_update(module: LoraModule, device: torch.device, dtype: torch.dtype) 
     return module.scaling * (B @ A)  # (out, r) @ (r, in) -> (out, in)
 
 
-def _time(fn, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def _best_time(fn, device: torch.device) -> float:
     """The faster of torch's default threads and one thread (CPU), so the baseline is not slowed by OpenMP.
 
@@ -67,10 +58,10 @@ def _best_time(fn, device: torch.device) -> float:
     user would not see that on an idle machine, so the baseline gets whichever setting is faster.
     """
     if device.type != "cpu":
-        return _time(fn, device)
-    default = _time(fn, device)
+        return median_time(fn, repeats=1, warmup=0, device=device)
+    default = median_time(fn, repeats=1, warmup=0, device=device)
     with engine_threads():  # one torch thread in this thread
-        single = _time(fn, device)
+        single = median_time(fn, repeats=1, warmup=0, device=device)
     return min(default, single)
 
 
