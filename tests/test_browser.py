@@ -74,6 +74,20 @@ def metric_value(page, label: str) -> str:
     return box.locator("[data-testid='stMetricValue']").inner_text()
 
 
+def settled_metric(page, label: str, *, changed_from: str | None = None) -> str:
+    """The metric once the app is idle and it held still for a second (a slider's reruns can queue up on a
+    loaded machine); with `changed_from`, also wait (up to ~60 s) for it to differ from that value."""
+    last = None
+    for _ in range(60):
+        wait_idle(page)
+        value = metric_value(page, label)
+        if value == last and value != changed_from:
+            return value
+        last = value
+        page.wait_for_timeout(1000)
+    return last
+
+
 def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_path):
     page = browser.new_page()
     page.goto(server)
@@ -91,10 +105,9 @@ def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_p
     thumb.focus()
     for _ in range(50):
         thumb.press("ArrowRight")  # +5 percentage points of energy kept
-    wait_idle(page)
-    after = metric_value(page, "Params saved")
+    after = settled_metric(page, "Params saved", changed_from=before)
     assert float(after.rstrip("%")) < float(before.rstrip("%"))
-    with page.expect_download() as info:
+    with page.expect_download(timeout=60_000) as info:  # the zip is built on click (deferred download)
         page.locator("[data-testid='stDownloadButton'] button").first.click()
     data = Path(info.value.path()).read_bytes()
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
@@ -142,11 +155,7 @@ def test_browser_sessions_are_independent(server, browser):
     thumb = slider(pages[0])
     for _ in range(30):
         thumb.press("ArrowLeft")  # -3 percentage points of energy kept, in session 0 only
-    for _ in range(60):  # the rerun may start after the first idle check on a loaded machine: poll up to ~30 s
-        wait_idle(pages[0])
-        if metric_value(pages[0], "Params saved") != before[0][2]:
-            break
-        pages[0].wait_for_timeout(200)
+    settled_metric(pages[0], "Params saved", changed_from=before[0][2])
     for page in pages[1:]:  # every other session reruns twice (+0.1 point, then back) after session 0 moved
         thumb = slider(page)
         for key in ("ArrowRight", "ArrowLeft"):

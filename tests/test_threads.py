@@ -21,7 +21,6 @@ def test_engine_threads_restores_torch_threads_and_is_reentrant():
     assert torch.get_num_threads() == before
 
 
-
 def test_overlapping_engine_blocks_in_two_threads_restore_the_default():
     """A session's block may close before another's (Streamlit runs each rerun on its own thread)."""
     before = torch.get_num_threads()
