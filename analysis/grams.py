@@ -2,14 +2,17 @@
 
 The singular values of B @ A are those of the r x r core L_B^T L_A, where B^T B = L_B L_B^T and
 A A^T = L_A L_A^T. A Gram squares its factor's condition number, so a float32 Gram of an ill-conditioned
-factor loses the small singular values. Each side (B or A) is formed in float32 and redone in float64 only
-where its error estimate says float32 is not enough. Trained adapters have a well-conditioned A (its random
-init) and a B about as ill-conditioned as the update, so B is usually the side in float64.
+factor loses the small singular values. Each side (B or A) is formed in the precision a probe picks
+(`needs_float64`) and a float32 one is redone in float64 where its error estimate says float32 is not
+enough. Trained adapters have a well-conditioned A (its random init) and a B about as ill-conditioned as the
+update, so B is usually the side in float64. Error estimates come from condition numbers, certified by a
+cheap upper bound where it suffices (`condition_bound`) and computed exactly where not.
 On the CPU the products run on worker threads with one-thread BLAS (analysis/threads.py). No streamlit here.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import Literal
@@ -23,16 +26,26 @@ Side = Literal["B", "A"]
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
 PARALLEL_MIN_ELEMENTS = 1 << 20  # below this much factor data (or 1/8 of it in r x r batches), one thread
-CHUNK_BYTES = 1024 * 1024  # one upcast block (fewer, larger blocks: less Python per module)
-_local = threading.local()  # per-thread upcast buffers
+CHUNK_BYTES = 4 * 1024 * 1024  # one upcast block (fewer, larger blocks: less Python per module)
+SCRATCH_MAX_BYTES = 16 * 1024 * 1024  # larger scratch is allocated afresh, not kept by the (long-lived) workers
+_local = threading.local()  # per-thread scratch buffers: .buffers {purpose: tensor}
 
 
-def _buffer(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """This thread's reusable upcast buffer viewed as `shape` (fresh pages per module cost page faults)."""
-    buf = getattr(_local, "buffer", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < shape[0] * shape[1]:
-        buf = _local.buffer = torch.empty(max(shape[0] * shape[1], CHUNK_BYTES // 4), dtype=dtype)
-    return buf[: shape[0] * shape[1]].view(shape)
+def _buffer(shape: tuple[int, ...], dtype: torch.dtype, purpose: str = "upcast") -> torch.Tensor:
+    """This thread's reusable scratch tensor for `purpose`, viewed as `shape`.
+
+    Fresh pages cost a page fault each on VMs, dearer than the arithmetic done in them, and the allocator
+    hands large tensors fresh pages every time. Contents are garbage; the view is valid until this thread
+    asks for the same purpose again. Above SCRATCH_MAX_BYTES a fresh tensor is returned instead.
+    """
+    size = math.prod(shape)
+    if size * dtype.itemsize > SCRATCH_MAX_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buf = buffers.get(purpose)
+    if buf is None or buf.dtype != dtype or buf.numel() < size:
+        buf = buffers[purpose] = torch.empty(max(size, CHUNK_BYTES // dtype.itemsize), dtype=dtype)
+    return buf[:size].view(shape)
 
 
 def _blocks(X: torch.Tensor, side: Side, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -56,19 +69,25 @@ def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
 
     On the CPU an upcast is done block by block into a reused buffer (`_blocks`), accumulating the Gram:
     converting whole factors into fresh memory costs page faults, dearer than the arithmetic on VMs. While
-    numpy's BLAS is held at one thread (analysis/threads.py), float64 blocks go through numpy, which turns
-    `a.T @ a` into one syrk call: half the flops of a general matmul, ~2x faster than torch's here.
+    numpy's BLAS is held at one thread (analysis/threads.py), the products go through numpy, which turns
+    `a.T @ a` into one syrk call: half the flops of a general matmul, ~1.3x (float32) to 2x (float64)
+    faster than torch's here.
     """
-    if X.dtype == dtype or X.device.type != "cpu":
-        X = X.to(dtype)  # no copy when X already has this dtype
-        return X.T @ X if side == "B" else X @ X.T  # (r, out) @ (out, r) or (r, in) @ (in, r) -> (r, r)
-    r = X.shape[1] if side == "B" else X.shape[0]
-    if dtype == torch.float64 and numpy_blas_is_single_threaded():
-        G = np.zeros((r, r))
+    on_cpu = X.device.type == "cpu"
+    if on_cpu and dtype in (torch.float32, torch.float64) and numpy_blas_is_single_threaded():
+        if X.dtype == dtype:
+            a = X.numpy()
+            return torch.from_numpy(a.T @ a if side == "B" else a @ a.T)  # one syrk: (r, r)
+        r = X.shape[1] if side == "B" else X.shape[0]
+        G = np.zeros((r, r), dtype=np.float32 if dtype == torch.float32 else np.float64)
         for _, block in _blocks(X, side, dtype):
             a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
             G += a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
         return torch.from_numpy(G)
+    if X.dtype == dtype or not on_cpu:
+        X = X.to(dtype)  # no copy when X already has this dtype
+        return X.T @ X if side == "B" else X @ X.T  # (r, out) @ (out, r) or (r, in) @ (in, r) -> (r, r)
+    r = X.shape[1] if side == "B" else X.shape[0]
     G = torch.zeros(r, r, dtype=dtype)
     for _, block in _blocks(X, side, dtype):
         if side == "B":
@@ -99,7 +118,7 @@ def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dty
     return out
 
 
-def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cholesky_factors(G: torch.Tensor, certify_below: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Cholesky factors of Grams (n, r, r) with the condition number of each.
 
     The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1/2 G D^-1/2 (column scaling
@@ -108,40 +127,83 @@ def cholesky_factors(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and near-dependent factors (tests/test_spectra.py). The cheaper Cholesky-diagonal guess was up to ~280x
     low on steep spectra, and power iteration cost more than this on the CPU.
 
+    The eigenvalues are the dearest part (an r x r eigensolver per module), so a cheap upper bound comes
+    first (`condition_bound`, ~4x cheaper): where it is at most `certify_below` it is reported instead, as
+    the caller only needs to know the module is accurate enough; elsewhere the exact value is computed.
+
     Returns:
-        (L (n, r, r) float64, condition number (n,) float64; inf where the factorisation failed or G_s is
-        numerically singular).
+        (L (n, r, r) float64, condition number (n,) float64 (the bound where that is <= certify_below); inf
+        where the factorisation failed or G_s is numerically singular).
     """
     L, info = torch.linalg.cholesky_ex(G)
-    G = G.double()
+    L, G = L.double(), G.double()
     d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
-    scaled = G / (d[..., :, None] * d[..., None, :])  # unit diagonal: (n, r, r)
+    kappa = condition_bound(G, L, d)
+    uncertain = (info == 0) & ~(kappa <= certify_below)
+    if uncertain.any():
+        exact = uncertain.nonzero().flatten()
+        kappa[exact] = _condition_numbers(G[exact] / (d[exact, :, None] * d[exact, None, :]))
+    return L, torch.where(info == 0, kappa, torch.full_like(kappa, float("inf")))
+
+
+def condition_bound(G: torch.Tensor, L: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """An upper bound on the condition numbers of the unit-diagonal Grams G_s (n,), from their Cholesky factors.
+
+    With G = L L^T and d = sqrt(diag G), G_s = D^-1 G D^-1 = L_s L_s^T where L_s = D^-1 L, so
+    cond(G_s) = ||G_s||_2 ||L_s^-1||_2^2 <= ||G_s||_1 ||L_s^-1||_1 ||L_s^-1||_inf (for symmetric G_s,
+    ||G_s||_2 <= ||G_s||_1; for any X, ||X||_2^2 <= ||X||_1 ||X||_inf), and L_s^-1 = L^-1 D. One batched
+    triangular solve and a few reductions, with two (n, r, r) temporaries (fresh pages are dear on VMs):
+    on LoRA factors it is 2-30x above the exact value (tests/test_spectra.py).
+    """
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    on_cpu = L.device.type == "cpu"
+    X = _buffer(L.shape, L.dtype, "inverse").mT if on_cpu else None  # column-major, as LAPACK writes it
+    X = torch.linalg.solve_triangular(L, eye, upper=False, out=X).abs_()  # |L^-1|: (n, r, r)
+    x_1 = (X.sum(-2) * d).amax(-1)  # ||L^-1 D||_1: largest column sum
+    x_inf = (X @ d[..., None]).amax((-2, -1))  # ||L^-1 D||_inf: largest row sum
+    G_abs = torch.abs(G, out=_buffer(G.shape, G.dtype, "abs") if on_cpu else None)
+    g_1 = ((G_abs @ (1 / d)[..., None]).squeeze(-1) / d).amax(-1)  # ||D^-1 G D^-1||_1
+    bound = g_1 * x_1 * x_inf
+    return torch.where(torch.isfinite(bound), bound, torch.full_like(bound, float("inf")))
+
+
+def _condition_numbers(scaled: torch.Tensor) -> torch.Tensor:
+    """Condition numbers of unit-diagonal Grams (n, r, r) from their eigenvalues; inf where not positive definite."""
     if scaled.device.type == "cpu" and scaled.numel() >= PARALLEL_MIN_ELEMENTS // 8:
         workers = outer_threads()
         eigen = torch.cat(map_workers(torch.linalg.eigvalsh, list(scaled.chunk(workers)), workers))  # (n, r)
     else:
         eigen = torch.linalg.eigvalsh(scaled)  # ascending: (n, r)
     kappa = eigen[:, -1] / eigen[:, 0]
-    bad = (info != 0) | ~(eigen[:, 0] > 0) | ~torch.isfinite(kappa)
-    return L.double(), torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
+    bad = ~(eigen[:, 0] > 0) | ~torch.isfinite(kappa)
+    return torch.where(bad, torch.full_like(kappa, float("inf")), kappa)
+
+
+def needs_float64(X: torch.Tensor, side: Side, tol: float, device: torch.device) -> bool:
+    """Whether one factor's float32 Gram would miss `tol`: the precision probe for a group of equal-shape factors.
+
+    A side that is consistently ill-conditioned (B of a trained adapter) then costs one float64 Gram per
+    module, not a float32 one thrown away and a float64 one.
+    """
+    G = side_gram(X.to(device), side, torch.float32)[None]  # (1, r, r)
+    _, kappa = cholesky_factors(G.cpu() if device.type == "mps" else G, tol / EPS32)
+    return bool(EPS32 * kappa[0] > tol)
 
 
 def side_factors(
-    factors: list[torch.Tensor], side: Side, tol: float, device: torch.device, *, always_float64: bool = False
+    factors: list[torch.Tensor], side: Side, tol: float, device: torch.device, *, use_float64: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cholesky factors of one side of a group of equal-shape modules, float32 where that is accurate enough.
+    """Cholesky factors of one side of a group of equal-shape modules, at the precision each needs.
 
-    The first module's float32 Gram picks the group's precision (float64 if its error estimate exceeds
-    `tol`); all Grams are then formed in that precision and factored in one batch, and float32 ones whose
-    estimate exceeds `tol` are redone in float64. A side that is consistently ill-conditioned (B of a
-    trained adapter) thus costs one float64 Gram per module, not a float32 one thrown away and a float64 one.
+    All Grams are formed in float64 if `use_float64` (see `needs_float64`), else in float32, and factored
+    in one batch; float32 ones whose error estimate exceeds `tol` are redone in float64.
 
     Args:
         factors: B (out, r) or A (r, in) of each module (same shape), on any device.
         side: which factor they are.
         tol: relative error allowed for this side's contribution to the singular values.
         device: where to compute (float64 is done on the cpu for mps, which has none).
-        always_float64: skip float32 (the CUDA route, where float64 is cheap and host syncs are not).
+        use_float64: form every Gram in float64 from the start.
 
     Returns:
         (L (n, r, r) float64, error estimate (n,) float64 (inf where even float64 Cholesky failed), whether
@@ -157,16 +219,13 @@ def side_factors(
             return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices, workers))
         return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])
 
-    use64 = always_float64
-    if not use64:
-        _, kappa = cholesky_factors(grams([0], torch.float32))
-        use64 = bool(EPS32 * kappa[0] > tol)
+    eps = EPS64 if use_float64 else EPS32
     everyone = list(range(len(factors)))
-    L, kappa = cholesky_factors(grams(everyone, torch.float64 if use64 else torch.float32))
-    is_float64 = torch.full((len(factors),), use64, device=dev64)
+    L, kappa = cholesky_factors(grams(everyone, torch.float64 if use_float64 else torch.float32), tol / eps)
+    is_float64 = torch.full((len(factors),), use_float64, device=dev64)
     redo = (~is_float64 & (EPS32 * kappa > tol)).nonzero().flatten().tolist()
     if redo:
-        L[redo], kappa[redo] = cholesky_factors(grams(redo, torch.float64))
+        L[redo], kappa[redo] = cholesky_factors(grams(redo, torch.float64), tol / EPS64)
         is_float64[redo] = True
     eps = torch.where(is_float64, EPS64, EPS32).to(kappa.dtype)
     return L, eps * kappa, is_float64

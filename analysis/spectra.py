@@ -4,7 +4,8 @@ Never forms the dense (out, in) update. Fast path: Gram matrices B^T B and A A^T
 Cholesky factors L_B, L_A, and the singular values of the r x r core L_B^T L_A (the same core as the
 QR route, R_B R_A^T, up to signs). Each Gram is float32 where its estimated error allows and float64
 where not (analysis/grams.py); modules still too ill-conditioned fall back to QR (R only) in float64.
-Batched over modules of equal shape, on cuda / mps / cpu. No streamlit here.
+Batched over modules of equal shape, on cuda / mps / cpu; on the CPU on worker threads, each taking part
+of every group from Grams to singular values. No streamlit here.
 """
 
 from __future__ import annotations
@@ -128,24 +129,53 @@ def _qr_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor
     return torch.stack(out)
 
 
-def _gram_route(group: list[LoraModule], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Singular values of a group of equal-shape modules from Cholesky factors of their Grams.
+def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Singular values of groups of equal-shape modules from Cholesky factors of their Grams.
 
     CPU (and mps): each side in float32 where its error estimate allows, float64 otherwise
-    (`grams.side_factors`), on worker threads with one-thread BLAS (analysis/threads.py). CUDA: both
-    sides in float64 (cheap there), with no per-module host syncs.
+    (`grams.side_factors`). On the CPU each group is split between worker threads with one-thread BLAS
+    (analysis/threads.py), and every part of every group is one task taking its modules from Grams to
+    singular values: no step runs on one core, and no worker waits for the other between groups. CUDA:
+    both sides in float64 (cheap there), with no per-module host syncs.
 
     Returns:
-        (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a float64 Gram).
+        Per group: (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a
+        float64 Gram).
     """
     is_cuda = device.type == "cuda"
+    tol = GRAM_REL_TOL / 2  # each side gets half the error budget, so their sum stays within GRAM_REL_TOL
+
+    precision: dict[grams.Side, bool] = {}  # side -> float64 Grams, probed by the first task(s) to get there
+
+    def use_float64(part: list[LoraModule], side: grams.Side) -> bool:
+        """The precision to start each side in: a trained adapter's B needs float64 and its A does not, in
+        every layer, so one probe per side serves all groups (a module that then misses the tolerance in
+        float32 is still redone in float64 by `grams.side_factors`)."""
+        if side not in precision:
+            precision[side] = is_cuda or grams.needs_float64(getattr(part[0], side), side, tol, device)
+        return precision[side]
+
+    def values(part: list[LoraModule]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        L_B, err_B, is64_B = grams.side_factors(
+            [m.B for m in part], "B", tol, device, use_float64=use_float64(part, "B")
+        )
+        L_A, err_A, is64_A = grams.side_factors(
+            [m.A for m in part], "A", tol, device, use_float64=use_float64(part, "A")
+        )
+        return grams.core_singular_values(L_B, L_A).cpu(), (err_B + err_A).cpu(), (is64_B | is64_A).cpu()
+
+    workers = threads.outer_threads() if device.type == "cpu" else 1
+    sizes = [sum(m.A.numel() + m.B.numel() for m in group) for group in groups]
+    splits = [workers if size >= grams.PARALLEL_MIN_ELEMENTS else 1 for size in sizes]  # tiny groups: one task
+    tasks = [group[w::k] for group, k in zip(groups, splits, strict=True) for w in range(k)]
     with contextlib.nullcontext() if is_cuda else threads.engine_threads():
-        # each side gets half the error budget, so their sum stays within GRAM_REL_TOL
-        B_side, A_side = [m.B for m in group], [m.A for m in group]
-        L_B, err_B, is64_B = grams.side_factors(B_side, "B", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
-        L_A, err_A, is64_A = grams.side_factors(A_side, "A", GRAM_REL_TOL / 2, device, always_float64=is_cuda)
-        sigma = grams.core_singular_values(L_B, L_A).cpu()
-    return sigma, (err_B + err_A).cpu(), int((is64_B | is64_A).sum())
+        done = iter(threads.map_workers(values, tasks, workers) if workers > 1 else [values(t) for t in tasks])
+    out = []
+    for group, k in zip(groups, splits, strict=True):
+        sigma, err, is64 = (torch.cat(x) for x in zip(*(next(done) for _ in range(k)), strict=True))
+        order = torch.tensor([i for w in range(k) for i in range(len(group))[w::k]]).argsort()  # undo the split
+        out.append((sigma[order], err[order], int(is64.sum())))
+    return out
 
 
 def adapter_spectra(
@@ -175,19 +205,21 @@ def adapter_spectra(
 
     sigmas: list[np.ndarray | None] = [None] * len(adapter.modules)
     n_fallback = n_float64_gram = 0
+    by_gram = [key for key in groups if dtype == torch.float32 and 0 < key[2] <= min(key[:2])]
+    gram_values = _gram_route([[adapter.modules[i] for i in groups[key]] for key in by_gram], dev)
     for (out_f, in_f, r), idx in groups.items():
         group = [adapter.modules[i] for i in idx]
-        if r == 0:
-            values = torch.zeros(len(idx), 0, dtype=torch.float64)
-        elif dtype == torch.float64 or r > min(out_f, in_f):
-            values = _qr_svdvals(group, dev)
-        else:
-            values, err, n64 = _gram_route(group, dev)
+        if (out_f, in_f, r) in by_gram:
+            values, err, n64 = gram_values[by_gram.index((out_f, in_f, r))]
             n_float64_gram += n64
             bad = (err > GRAM_REL_TOL).nonzero().flatten().tolist()
             if bad:
                 n_fallback += len(bad)
                 values[bad] = _qr_svdvals([group[i] for i in bad], dev)
+        elif r == 0:
+            values = torch.zeros(len(idx), 0, dtype=torch.float64)
+        else:
+            values = _qr_svdvals(group, dev)
         scales = torch.tensor([abs(adapter.modules[i].scaling) for i in idx], dtype=torch.float64)
         values = values * scales[:, None]  # (n, k) effective sigma
         for row, i in enumerate(idx):

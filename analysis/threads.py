@@ -24,6 +24,8 @@ _users = 0  # engine_threads blocks open in any thread
 _outer_threads: int | None = None  # torch's thread count before the first of them
 _blas_limiter: Any = None
 _blas_controller: Any = None
+_worker = threading.local()  # .active: this thread is one of map_workers' workers
+_pools: dict[int, ThreadPoolExecutor] = {}  # kept: a worker's buffers (analysis/grams.py) outlive a call
 
 
 def outer_threads() -> int:
@@ -78,19 +80,25 @@ def engine_threads() -> Iterator[None]:
 def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
     """[fn(x) for x in items] on `workers` threads (default `outer_threads()`), each with one-thread torch.
 
-    torch and numpy release the GIL inside their kernels, so two workers keep two cores busy.
+    torch and numpy release the GIL inside their kernels, so two workers keep two cores busy. Called from
+    inside a worker, it runs in that worker: the cores are taken already.
     """
     workers = min(workers or outer_threads(), len(items))
     with engine_threads():
-        if workers <= 1:
+        if workers <= 1 or getattr(_worker, "active", False):
             return [fn(x) for x in items]
 
         def run(part: Sequence[T]) -> list[R]:
             torch.set_num_threads(1)  # OpenMP's per-thread setting; the engine block restores the default
-            return [fn(x) for x in part]
+            _worker.active = True
+            try:
+                return [fn(x) for x in part]
+            finally:
+                _worker.active = False
 
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
+        with _lock:
+            pool = _pools.get(workers) or _pools.setdefault(workers, ThreadPoolExecutor(workers, "engine"))
+        parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
     out: list[R] = [None] * len(items)  # type: ignore[list-item]
     for w, part in enumerate(parts):
         out[w::workers] = part

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import grams
+from analysis import grams, threads
 from analysis.adapters import LoraAdapter, LoraModule
 from analysis.spectra import adapter_spectra, truncated_factors
 from bench.make_adapter import module_factors
@@ -85,6 +85,57 @@ def test_gram_error_estimate_bounds_the_measured_error(style):
             got = grams.core_singular_values(L_B, L_A)[0]
             error = float(((got - exact).abs() / exact).max())
             assert error <= 2 * float(estimate[0]) + 1e-14, (style, dtype, error, float(estimate[0]))
+
+
+@pytest.mark.parametrize("style", ["trained", "balanced", "steep"])
+def test_condition_bound_is_an_upper_bound_and_certifies_only_below_the_limit(style):
+    g = torch.Generator().manual_seed(6)
+    B, A = module_factors(384, 256, 32, style, g)
+    for X, side in ((B, "B"), (A, "A")):
+        G = grams.side_gram(X.double(), side, torch.float64)[None]  # (1, r, r)
+        _, exact = grams.cholesky_factors(G)  # certify_below=0: always the eigenvalue route
+        if not torch.isfinite(exact).all():
+            continue  # Cholesky failed: nothing to bound
+        L = torch.linalg.cholesky(G)
+        bound = grams.condition_bound(G, L, G.diagonal(dim1=-2, dim2=-1).sqrt())
+        assert float(exact[0]) <= float(bound[0]) * (1 + 1e-9) <= 32**2 * float(exact[0])
+        _, certified = grams.cholesky_factors(G, certify_below=float(bound[0]))  # the bound suffices: kept
+        _, uncertified = grams.cholesky_factors(G, certify_below=float(bound[0]) / 2)  # it does not: exact
+        torch.testing.assert_close(certified, bound)
+        torch.testing.assert_close(uncertified, exact)
+
+
+@pytest.mark.parametrize("ill_first", [True, False])
+def test_adapter_spectra_groups_that_need_different_precisions(ill_first):
+    """One probe per side serves all groups: a group that needs more than it still gets float64."""
+    g = torch.Generator().manual_seed(7)
+    well = [
+        LoraModule(f"w{i}", torch.randn(8, 700, generator=g), torch.randn(300, 8, generator=g), 1.0) for i in range(3)
+    ]
+    B_ill = torch.randn(200, 2, generator=g) @ torch.randn(2, 8, generator=g) + 1e-4 * torch.randn(200, 8, generator=g)
+    ill = [LoraModule(f"i{i}", torch.randn(8, 900, generator=g), B_ill + 1e-5 * i, 1.0) for i in range(3)]
+    modules = ill + well if ill_first else well + ill
+    spectra = adapter_spectra(adapter_of(*modules))
+    assert spectra.n_fallback == 0 and spectra.n_float64_gram >= 3
+    for m, s in zip(modules, spectra.spectra, strict=True):
+        expected = torch.linalg.svdvals(m.B.double() @ m.A.double()).numpy()[: m.r]
+        np.testing.assert_allclose(s.sigma, expected, rtol=1e-4)
+
+
+def test_adapter_spectra_split_between_workers_keeps_module_order(monkeypatch):
+    g = torch.Generator().manual_seed(8)
+    modules = [LoraModule(f"m{i}", *reversed(module_factors(96, 64, 8, "trained", g)), 1.0 + i) for i in range(7)] + [
+        LoraModule(f"n{i}", torch.randn(8, 40, generator=g), torch.randn(50, 8, generator=g), 1.0) for i in range(5)
+    ]
+    modules = [LoraModule(m.name, m.A.float(), m.B.float(), m.scaling) for m in modules]
+    whole = adapter_spectra(adapter_of(*modules))
+    monkeypatch.setattr(grams, "PARALLEL_MIN_ELEMENTS", 1)  # every group split between two workers
+    monkeypatch.setattr(threads, "outer_threads", lambda: 2)
+    split = adapter_spectra(adapter_of(*modules))
+    for m, a, b in zip(modules, whole.spectra, split.spectra, strict=True):
+        expected = torch.linalg.svdvals(m.scaling * (m.B.double() @ m.A.double())).numpy()[: m.r]
+        np.testing.assert_allclose(b.sigma, expected, rtol=1e-5)
+        np.testing.assert_allclose(b.sigma, a.sigma, rtol=1e-6)
 
 
 def test_adapter_spectra_trained_like_adapter_agrees_with_float64():

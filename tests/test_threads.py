@@ -78,6 +78,19 @@ def test_map_workers_keeps_order_and_uses_worker_threads():
     assert torch.get_num_threads() == before
 
 
+def test_map_workers_inside_a_worker_runs_there_and_workers_are_reused():
+    def inner(x: int) -> tuple[int, list[int]]:
+        nested = threads.map_workers(lambda _: threading.get_ident(), [0, 1, 2], workers=2)
+        return threading.get_ident(), nested
+
+    seen = set()
+    for _ in range(5):
+        for here, nested in threads.map_workers(inner, [0, 1, 2, 3], workers=2):
+            assert nested == [here] * 3  # no threads on top of the workers: the cores are taken
+            seen.add(here)
+    assert len(seen) <= 2 and threading.get_ident() not in seen  # the same two long-lived workers every call
+
+
 @pytest.mark.parametrize("side", ["B", "A"])
 def test_float64_gram_kernels_agree(side, monkeypatch):
     g = torch.Generator().manual_seed(0)
