@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 import torch
 
 from analysis.threads import map_workers, numpy_blas_is_single_threaded, outer_threads
@@ -79,10 +78,13 @@ def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
             a = X.numpy()
             return torch.from_numpy(a.T @ a if side == "B" else a @ a.T)  # one syrk: (r, r)
         r = X.shape[1] if side == "B" else X.shape[0]
-        G = np.zeros((r, r), dtype=np.float32 if dtype == torch.float32 else np.float64)
+        G = torch.zeros(r, r, dtype=dtype).numpy() if 0 in X.shape else None
         for _, block in _blocks(X, side, dtype):
             a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
-            G += a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
+            if G is None:  # the first block's syrk writes the Gram: no zeroing and adding for one-block factors
+                G = a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
+            else:
+                G += a.T @ a
         return torch.from_numpy(G)
     if X.dtype == dtype or not on_cpu:
         X = X.to(dtype)  # no copy when X already has this dtype
