@@ -161,7 +161,7 @@ def main() -> None:
     print(tables)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M")
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")  # runs in the same minute must not overwrite each other
     record = {"machine": dataclasses.asdict(machine), "limits": limits.as_dict(), "load_average_end": load_after,
               "rows": rows, "command": " ".join(sys.argv)}  # fmt: skip
     (out / f"{device.type}-{stamp}.json").write_text(json.dumps(record, indent=1) + "\n")
