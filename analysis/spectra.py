@@ -206,11 +206,11 @@ def adapter_spectra(
     sigmas: list[np.ndarray | None] = [None] * len(adapter.modules)
     n_fallback = n_float64_gram = 0
     by_gram = [key for key in groups if dtype == torch.float32 and 0 < key[2] <= min(key[:2])]
-    gram_values = _gram_route([[adapter.modules[i] for i in groups[key]] for key in by_gram], dev)
+    gram_values = dict(zip(by_gram, _gram_route([[adapter.modules[i] for i in groups[k]] for k in by_gram], dev)))
     for (out_f, in_f, r), idx in groups.items():
         group = [adapter.modules[i] for i in idx]
-        if (out_f, in_f, r) in by_gram:
-            values, err, n64 = gram_values[by_gram.index((out_f, in_f, r))]
+        if (out_f, in_f, r) in gram_values:
+            values, err, n64 = gram_values[out_f, in_f, r]
             n_float64_gram += n64
             bad = (err > GRAM_REL_TOL).nonzero().flatten().tolist()
             if bad:
