@@ -123,14 +123,15 @@ def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dty
 def cholesky_factors(G: torch.Tensor, certify_below: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Cholesky factors of Grams (n, r, r) with the condition number of each.
 
-    The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1/2 G D^-1/2 (column scaling
-    does not hurt a Cholesky route, only directions do), from its eigenvalues in float64: eps x it tracks
+    The condition number is that of the Gram scaled to unit diagonal, G_s = D^-1 G D^-1 with
+    D = diag(G)^1/2 (column scaling does not hurt a Cholesky route, only directions do), from its
+    eigenvalues in float64: eps x it tracks
     the measured relative error of the singular values of B A within ~1.1x on graded, trained-like, steep
     and near-dependent factors (tests/test_spectra.py). The cheaper Cholesky-diagonal guess was up to ~280x
     low on steep spectra, and power iteration cost more than this on the CPU.
 
     The eigenvalues are the dearest part (an r x r eigensolver per module), so a cheap upper bound comes
-    first (`condition_bound`, ~4x cheaper): where it is at most `certify_below` it is reported instead, as
+    first (`condition_bound`, ~3x cheaper): where it is at most `certify_below` it is reported instead, as
     the caller only needs to know the module is accurate enough; elsewhere the exact value is computed.
 
     Returns:
