@@ -23,13 +23,6 @@ def percent(text: str) -> float:
     return float(text.rstrip("%"))
 
 
-@pytest.fixture
-def home() -> AppTest:
-    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
-
-
 def test_home_opens_on_the_bundled_sample(home):
     assert metric(home, "Modules") == "36"
     assert metric(home, "Format") == "PEFT"

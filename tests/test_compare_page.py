@@ -9,20 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from streamlit.testing.v1 import AppTest
-
 from analysis.training.results import read_report
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_adapters"
-TIMEOUT = 300
-
-
-@pytest.fixture
-def home() -> AppTest:
-    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
 
 
 def test_compare_page_renders_the_bundled_comparison_without_evaluating(home):
