@@ -13,7 +13,7 @@ from analysis.figures import rank_heatmap_figure, sweep_figure
 from analysis.para import allocate_at, cut_position
 from pages.shared import cache
 from pages.shared.compare_widgets import show_cut_evaluation
-from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT
+from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT, KEY_EXPORT_ZIP
 from pages.shared.widgets import adapter_or_stop, cut_ui, show_adapter_banner, show_cut_metrics
 
 st.set_page_config(page_title="PARA · LoRA Rank Lab", layout="wide")
@@ -61,14 +61,27 @@ st.subheader("Export")
 formats = ["peft", "kohya"] if adapter.format == "kohya" else ["peft"]
 export_format = st.radio("Format", formats, horizontal=True)
 download, save = st.columns(2)
-download.download_button(
-    "Download compressed adapter (.zip)",
-    data=lambda: adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)),
-    file_name="para-adapter.zip",
-    mime="application/zip",
-    on_click="ignore",
-    type="primary",
-)
+# Built on request for the cut this run shows, kept for it, and offered as bytes: the same bytes get the same
+# file id on every rerun. (A deferred download gets a new id each run, and a run cut short by the slider's next
+# one can drop the id the browser still shows, so a click right after dragging failed.)
+zip_key = (adapter.fingerprint, allocation.ranks, export_format)
+if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != zip_key:
+    del st.session_state[KEY_EXPORT_ZIP]  # another cut: free the old zip
+    built = None
+slot = download.empty()  # the build button, then the download in its place
+if built is None and slot.button("Build the compressed adapter (.zip)", type="primary"):
+    with st.spinner("Truncating every module and zipping..."):
+        built = (zip_key, adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)))
+    st.session_state[KEY_EXPORT_ZIP] = built
+if built is not None:
+    slot.download_button(
+        f"Download para-adapter.zip ({len(built[1]) / 1e6:.2f} MB)",
+        data=built[1],
+        file_name="para-adapter.zip",
+        mime="application/zip",
+        on_click="ignore",
+        type="primary",
+    )
 target = save.text_input("Or save to a folder on the server", key=KEY_EXPORT_DIR, placeholder="/path/to/new/folder")
 overwrite = save.checkbox("Replace a non-empty folder")
 if save.button("Save", disabled=not target):

@@ -88,6 +88,24 @@ def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
     PeftModel.from_pretrained(tiny_bert(), out)
 
 
+def test_para_zip_is_built_for_the_current_cut_and_dropped_when_it_moves(home, tmp_path):
+    home.switch_page("pages/2_PARA.py").run()
+    home.slider[0].set_value(80.0).run()
+    assert not home.download_button  # nothing is zipped until asked
+    next(b for b in home.button if b.label.startswith("Build the compressed adapter")).click().run()
+    assert not home.exception
+    assert not any(b.label.startswith("Build") for b in home.button)  # the download took its place
+    (label,) = [d.label for d in home.download_button]
+    (_, ranks, export_format), data = home.session_state["export_zip"]
+    assert export_format == "peft" and f"({len(data) / 1e6:.2f} MB)" in label
+    (tmp_path / "para.zip").write_bytes(data)
+    exported = load_adapter(tmp_path / "para.zip")
+    assert tuple(m.r for m in exported.modules) == tuple(k for k in ranks if k > 0)
+    home.slider[0].set_value(60.0).run()
+    assert not home.download_button and "export_zip" not in home.session_state  # another cut: zip freed
+    assert any(b.label.startswith("Build the compressed adapter") for b in home.button)
+
+
 def test_many_sessions_keep_their_own_adapter_and_cut(tmp_path):
     """Four sessions, interleaved step by step, share the caches but never each other's state."""
     folders = [make_peft_dir(tmp_path / f"a{i}", r=4 + 2 * i, seed=i) for i in range(3)]

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,13 +31,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("streamlit") / "server.log"
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def server(server_log):
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    log = server_log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -48,10 +59,11 @@ def server():
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit did not become healthy within 60 s")
+        pytest.fail(f"streamlit did not become healthy within 60 s; its log:\n{log_tail(server_log)}")
     yield url
     proc.terminate()
     proc.wait(10)
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,26 +81,50 @@ def wait_idle(page) -> None:
     page.wait_for_timeout(300)
 
 
+# Records when the app's script last ran: a MutationObserver sees every change of the script-state attribute,
+# even a run too short for polling to catch.
+STATE = "document.querySelector(\"[data-testid='stApp']\").getAttribute('data-test-script-state')"
+WATCH_RUNS = f"""() => {{
+    window.__lastRun = performance.now();
+    if (window.__runObserver) return;
+    window.__runObserver = new MutationObserver(() => {{
+        if ({STATE} !== "notRunning") window.__lastRun = performance.now();
+    }});
+    const watched = {{attributes: true, subtree: true, attributeFilter: ["data-test-script-state"]}};
+    window.__runObserver.observe(document.body, watched);
+}}"""
+QUIET_FOR = f"""ms => {STATE} === "notRunning" && performance.now() - window.__lastRun > ms"""
+
+
+def wait_quiet(page, quiet_ms: int = 2000) -> None:
+    """Wait until no script run has started for `quiet_ms` (up to 90 s).
+
+    A slider moved by keys commits its value more than once, so reruns arrive spaced out, and the app is idle
+    between them. Each run re-registers the deferred download, and a run cut short by the next one (before it
+    reaches the button) drops the id the browser still shows: a click then fails. So act only once quiet.
+    """
+    page.evaluate(WATCH_RUNS)
+    page.wait_for_function(QUIET_FOR, arg=quiet_ms, polling=100, timeout=90_000)
+
+
 def metric_value(page, label: str) -> str:
     box = page.locator("[data-testid='stMetric']", has_text=label).first
     return box.locator("[data-testid='stMetricValue']").inner_text()
 
 
 def settled_metric(page, label: str, *, changed_from: str | None = None) -> str:
-    """The metric once the app is idle and it held still for a second (a slider's reruns can queue up on a
-    loaded machine); with `changed_from`, also wait (up to ~60 s) for it to differ from that value."""
-    last = None
-    for _ in range(60):
-        wait_idle(page)
+    """The metric once the app is quiet (`wait_quiet`); with `changed_from`, also wait (up to ~60 s) for it to
+    differ from that value."""
+    for _ in range(30):
+        wait_quiet(page)
         value = metric_value(page, label)
-        if value == last and value != changed_from:
+        if value != changed_from:
             return value
-        last = value
         page.wait_for_timeout(1000)
-    return last
+    return value
 
 
-def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_path):
+def test_browser_navigates_moves_the_slider_and_downloads(server, server_log, browser):
     page = browser.new_page()
     page.goto(server)
     wait_idle(page)
@@ -107,8 +143,13 @@ def test_browser_navigates_moves_the_slider_and_downloads(server, browser, tmp_p
         thumb.press("ArrowRight")  # +5 percentage points of energy kept
     after = settled_metric(page, "Params saved", changed_from=before)
     assert float(after.rstrip("%")) < float(before.rstrip("%"))
-    with page.expect_download(timeout=60_000) as info:  # the zip is built on click (deferred download)
-        page.locator("[data-testid='stDownloadButton'] button").first.click()
+    page.get_by_role("button", name="Build the compressed adapter (.zip)").click()
+    wait_quiet(page)
+    try:
+        with page.expect_download(timeout=60_000) as info:
+            page.locator("[data-testid='stDownloadButton'] button").first.click()
+    except PlaywrightTimeout:
+        pytest.fail(f"no download 60 s after the click; server log:\n{log_tail(server_log)}")
     data = Path(info.value.path()).read_bytes()
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(names)

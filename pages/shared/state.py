@@ -12,6 +12,7 @@ KEY_CUT_VALUE = "cut_value"  # prefix; the unit is appended so each unit keeps i
 KEY_MIN_RANK = "min_rank"
 KEY_EXPORT_DIR = "export_dir"
 KEY_EXPORT_RESULT = "export_result"
+KEY_EXPORT_ZIP = "export_zip"  # (fingerprint, ranks, format) and the zip built for that cut
 KEY_COMPARE_FOLDER = "compare_folder"
 KEY_COMPARE_TASK = "compare_task"
 KEY_COMPARE_SOURCE = "compare_source"
