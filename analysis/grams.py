@@ -5,8 +5,10 @@ A A^T = L_A L_A^T. A Gram squares its factor's condition number, so a float32 Gr
 factor loses the small singular values. Each side (B or A) is formed in the precision a probe picks
 (`needs_float64`) and a float32 one is redone in float64 where its error estimate says float32 is not
 enough. Trained adapters have a well-conditioned A (its random init) and a B about as ill-conditioned as the
-update, so B is usually the side in float64. Error estimates come from condition numbers, certified by a
-cheap upper bound where it suffices (`condition_bound`) and computed exactly where not.
+update, so B is usually the side in float64; the values then come from the eigenvalues of
+L_A^T (B^T B) L_A, with no factor of B's Gram, where those are accurate enough (`values_from_float64_B`).
+Error estimates come from condition numbers, certified by a cheap upper bound where it suffices
+(`condition_bound`) and computed exactly where not.
 On the CPU the products run on worker threads with one-thread BLAS (analysis/threads.py). No streamlit here.
 """
 
@@ -193,6 +195,19 @@ def needs_float64(X: torch.Tensor, side: Side, tol: float, device: torch.device)
     return bool(EPS32 * kappa[0] > tol)
 
 
+def side_grams(factors: list[torch.Tensor], side: Side, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Grams (n, r, r) of equal-shape factors of one side, in `dtype`, on `device` (the cpu for float64 on mps).
+
+    On the CPU on worker threads when there is enough data (analysis/threads.py); elsewhere one at a time.
+    """
+    where = torch.device("cpu") if device.type == "mps" and dtype == torch.float64 else device
+    if where.type == "cpu":
+        size = sum(X.numel() for X in factors)
+        workers = None if size >= PARALLEL_MIN_ELEMENTS else 1  # threads cost more than tiny Grams
+        return torch.stack(map_workers(lambda X: side_gram(X, side, dtype), factors, workers))
+    return torch.stack([side_gram(X.to(where), side, dtype) for X in factors])
+
+
 def side_factors(
     factors: list[torch.Tensor], side: Side, tol: float, device: torch.device, *, use_float64: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,12 +230,7 @@ def side_factors(
     dev64 = torch.device("cpu") if device.type == "mps" else device
 
     def grams(indices: list[int], dtype: torch.dtype) -> torch.Tensor:
-        where = dev64 if dtype == torch.float64 else device
-        if where.type == "cpu":
-            size = sum(factors[i].numel() for i in indices)
-            workers = None if size >= PARALLEL_MIN_ELEMENTS else 1  # threads cost more than tiny Grams
-            return torch.stack(map_workers(lambda i: side_gram(factors[i], side, dtype), indices, workers))
-        return torch.stack([side_gram(factors[i].to(where), side, dtype).to(dev64) for i in indices])
+        return side_grams([factors[i] for i in indices], side, dtype, device).to(dev64)
 
     eps = EPS64 if use_float64 else EPS32
     everyone = list(range(len(factors)))
@@ -242,3 +252,39 @@ def core_singular_values(L_B: torch.Tensor, L_A: torch.Tensor) -> torch.Tensor:
     workers = outer_threads()
     parts = list(C.chunk(workers))  # LAPACK loops over the batch on one thread: split it
     return torch.cat(map_workers(torch.linalg.svdvals, parts, workers))  # (n, r)
+
+
+def values_from_float64_B(
+    factors_B: list[torch.Tensor], L_A: torch.Tensor, tol: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values of B @ A for modules whose B side is float64, with no Cholesky factor of B's Gram.
+
+    sigma_i(B A)^2 are the eigenvalues of M = L_A^T G_B L_A (the nonzero eigenvalues of A^T G_B A). Two r x r
+    products and a symmetric eigensolver replace G_B's Cholesky factor, its condition bound, the core product
+    and its SVD: about 40% less r x r work on the CPU. Eigenvalues carry absolute, not relative, errors: the
+    Gram is rounded entrywise to ~eps of its columns' norms (D = diag(G_B)^1/2), so ||dM|| <= eps ||D L_A||_F^2,
+    and the eigensolver adds ~r eps lambda_max; sigma_i is then off by about
+    eps (||D L_A||_F^2 + r lambda_max) / (2 lambda_i), relative. Modules where that exceeds `tol` (small
+    sigma_i far below the largest) take the Cholesky route (`cholesky_factors`, `core_singular_values`).
+
+    Args:
+        factors_B: B (out, r) of each module (same shape).
+        L_A: Cholesky factors (n, r, r) float64 of the same modules' A A^T (`side_factors`).
+        tol: relative error allowed for the B side's contribution.
+        device: where to compute (the cpu for mps).
+
+    Returns:
+        (sigma (n, r) float64 descending, estimated relative error of the B side (n,) float64: inf where
+        even the Cholesky route failed).
+    """
+    G_B = side_grams(factors_B, "B", torch.float64, device).to(L_A.device)  # (n, r, r)
+    lam = torch.linalg.eigvalsh(L_A.mT @ G_B @ L_A)  # ascending: (n, r)
+    d_L = (G_B.diagonal(dim1=-2, dim2=-1)[:, :, None] * L_A.square()).sum((-2, -1))  # ||D L_A||_F^2: (n,)
+    spread = (d_L + L_A.shape[-1] * lam[:, -1]) / lam[:, 0]  # (||D L_A||_F^2 + r lambda_max) / lambda_min
+    err = torch.where(lam[:, 0] > 0, EPS64 * spread / 2, torch.full_like(spread, float("inf")))
+    sigma = lam.clamp_min(0).sqrt().flip(-1)  # descending
+    redo = (~(err <= tol)).nonzero().flatten()
+    if redo.numel():
+        L_B, kappa = cholesky_factors(G_B[redo], tol / EPS64)
+        sigma[redo], err[redo] = core_singular_values(L_B, L_A[redo]), EPS64 * kappa
+    return sigma, err

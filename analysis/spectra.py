@@ -3,7 +3,9 @@
 Never forms the dense (out, in) update. Fast path: Gram matrices B^T B and A A^T (r x r), their
 Cholesky factors L_B, L_A, and the singular values of the r x r core L_B^T L_A (the same core as the
 QR route, R_B R_A^T, up to signs). Each Gram is float32 where its estimated error allows and float64
-where not (analysis/grams.py); modules still too ill-conditioned fall back to QR (R only) in float64.
+where not (analysis/grams.py). Where B's Gram is float64 (trained adapters: B is the ill-conditioned side),
+the CPU takes the squared values as eigenvalues of L_A^T (B^T B) L_A instead, with no factor of B's Gram,
+while its error estimate allows. Modules still too ill-conditioned fall back to QR (R only) in float64.
 Batched over modules of equal shape, on cuda / mps / cpu; on the CPU on worker threads, each taking part
 of every group from Grams to singular values. No streamlit here.
 """
@@ -133,10 +135,11 @@ def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tu
     """Singular values of groups of equal-shape modules from Cholesky factors of their Grams.
 
     CPU (and mps): each side in float32 where its error estimate allows, float64 otherwise
-    (`grams.side_factors`). On the CPU each group is split between worker threads with one-thread BLAS
-    (analysis/threads.py), and every part of every group is one task taking its modules from Grams to
-    singular values: no step runs on one core, and no worker waits for the other between groups. CUDA:
-    both sides in float64 (cheap there), with no per-module host syncs.
+    (`grams.side_factors`); a float64 B side by eigenvalues (`grams.values_from_float64_B`), which take
+    the Cholesky route themselves where their error estimate is too large. On the CPU each group is split
+    between worker threads with one-thread BLAS (analysis/threads.py), and every part of every group is one
+    task taking its modules from Grams to singular values: no step runs on one core, and no worker waits for
+    the other between groups. CUDA: both sides in float64 (cheap there), with no per-module host syncs.
 
     Returns:
         Per group: (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a
@@ -156,13 +159,18 @@ def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tu
         return precision[side]
 
     def values(part: list[LoraModule]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        L_B, err_B, is64_B = grams.side_factors(
-            [m.B for m in part], "B", tol, device, use_float64=use_float64(part, "B")
-        )
         L_A, err_A, is64_A = grams.side_factors(
             [m.A for m in part], "A", tol, device, use_float64=use_float64(part, "A")
         )
-        return grams.core_singular_values(L_B, L_A).cpu(), (err_B + err_A).cpu(), (is64_B | is64_A).cpu()
+        if use_float64(part, "B") and not is_cuda:  # the usual case: from B's Gram without its Cholesky factor
+            sigma, err_B = grams.values_from_float64_B([m.B for m in part], L_A, tol, device)
+            is64_B = torch.ones_like(is64_A)
+        else:
+            L_B, err_B, is64_B = grams.side_factors(
+                [m.B for m in part], "B", tol, device, use_float64=use_float64(part, "B")
+            )
+            sigma = grams.core_singular_values(L_B, L_A)
+        return sigma.cpu(), (err_B + err_A).cpu(), (is64_B | is64_A).cpu()
 
     workers = threads.outer_threads() if device.type == "cpu" else 1
     sizes = [sum(m.A.numel() + m.B.numel() for m in group) for group in groups]

@@ -88,6 +88,30 @@ def test_gram_error_estimate_bounds_the_measured_error(style):
 
 
 @pytest.mark.parametrize("style", ["trained", "balanced", "steep"])
+def test_values_from_float64_B_estimate_bounds_the_error_and_picks_the_route(style):
+    g = torch.Generator().manual_seed(9)
+    cpu = torch.device("cpu")
+    for d_out, d_in, r in [(384, 96, 16), (96, 384, 32)]:
+        B, A = (x.float() for x in module_factors(d_out, d_in, r, style, g))
+        R_B = torch.linalg.qr(B.double(), mode="r").R  # (r, r)
+        R_A = torch.linalg.qr(A.double().T, mode="r").R  # (r, r)
+        exact = torch.linalg.svdvals(R_B @ R_A.T)
+        L_A, _ = grams.cholesky_factors(grams.side_gram(A, "A", torch.float64)[None])  # A side ~exact
+        sigma, estimate = grams.values_from_float64_B([B], L_A, float("inf"), cpu)  # eigenvalues, never redone
+        error = float(((sigma[0] - exact).abs() / exact).max())
+        assert error <= float(estimate[0]), (style, error, float(estimate[0]))
+        # a tolerance the estimate misses sends the module down the Cholesky route, with that route's estimate
+        tol = float(estimate[0]) / 2
+        with threads.engine_threads():  # the Gram as the engine forms it (numpy's syrk)
+            L_B, kappa_B = grams.cholesky_factors(grams.side_gram(B, "B", torch.float64)[None], tol / grams.EPS64)
+        redone, redone_estimate = grams.values_from_float64_B([B], L_A, tol, cpu)
+        torch.testing.assert_close(redone, grams.core_singular_values(L_B, L_A), rtol=1e-12, atol=0)
+        torch.testing.assert_close(redone_estimate, grams.EPS64 * kappa_B, rtol=1e-12, atol=0)
+    if style == "trained":  # a trained module's sigma spread (~50x) leaves the eigenvalues ~1e-11 from exact
+        assert float(estimate[0]) < 1e-10
+
+
+@pytest.mark.parametrize("style", ["trained", "balanced", "steep"])
 def test_condition_bound_is_an_upper_bound_and_certifies_only_below_the_limit(style):
     g = torch.Generator().manual_seed(6)
     B, A = module_factors(384, 256, 32, style, g)
