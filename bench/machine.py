@@ -25,10 +25,10 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def median_time(
+def wall_times(
     fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, device: torch.device | None = None
-) -> float:
-    """Median wall seconds of `fn()` over `repeats` runs after `warmup` runs, synchronising `device` around each."""
+) -> list[float]:
+    """Wall seconds of `repeats` runs of `fn()` after `warmup` runs, synchronising `device` around each."""
     device = device or torch.device("cpu")
     for _ in range(warmup):
         fn()
@@ -39,7 +39,20 @@ def median_time(
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(
+    fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, device: torch.device | None = None
+) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after `warmup` runs: what a figure reports."""
+    return statistics.median(wall_times(fn, repeats=repeats, warmup=warmup, device=device))
+
+
+def best_time(fn: Callable[[], object], *, repeats: int = 5, device: torch.device | None = None) -> float:
+    """Least wall seconds of `fn()` over `repeats` runs after one warm-up: what the machine can do at best,
+    which a floor needs (a median would lower the floor whenever neighbours slow the measurement down)."""
+    return min(wall_times(fn, repeats=repeats, device=device))
 
 
 def cpu_model() -> str:
@@ -108,23 +121,34 @@ class Limits:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def best(self, other: Limits) -> Limits:
+        """The higher of each rate (limits measured at the start and the end of a run)."""
+        h2d = [x for x in (self.h2d_gb_s, other.h2d_gb_s) if x is not None]
+        return Limits(
+            read_gb_s=max(self.read_gb_s, other.read_gb_s),
+            copy_gb_s=max(self.copy_gb_s, other.copy_gb_s),
+            gemm_f32_gflop_s=max(self.gemm_f32_gflop_s, other.gemm_f32_gflop_s),
+            gemm_f64_gflop_s=max(self.gemm_f64_gflop_s, other.gemm_f64_gflop_s),
+            h2d_gb_s=max(h2d) if h2d else None,
+        )
+
 
 def _stream_rates(device: torch.device, repeats: int) -> tuple[float, float]:
     """Seconds to read and to copy a 512 MiB fp32 tensor on `device`."""
     x = torch.ones(128 * 2**20, device=device)
     y = torch.empty_like(x)
-    return median_time(lambda: x.sum(), repeats=repeats, device=device), median_time(
+    return best_time(lambda: x.sum(), repeats=repeats, device=device), best_time(
         lambda: y.copy_(x), repeats=repeats, device=device
     )
 
 
 def _gemm_seconds(n: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
-    return median_time(lambda: a @ a, repeats=repeats, device=device)  # (n, n) @ (n, n)
+    return best_time(lambda: a @ a, repeats=repeats, device=device)  # (n, n) @ (n, n)
 
 
 def measure_limits(device: torch.device, *, repeats: int = 5) -> Limits:
-    """Measure memory bandwidth and GEMM throughput on `device` (about 10 s on a 2-core CPU)."""
+    """Measure memory bandwidth and GEMM throughput on `device`, best of `repeats` (about 10 s on a 2-core CPU)."""
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -135,7 +159,7 @@ def measure_limits(device: torch.device, *, repeats: int = 5) -> Limits:
         h2d = None
         if device.type == "cuda":
             host = torch.ones(128 * 2**20)
-            h2d = median_time(lambda: host.to(device), repeats=repeats, device=device)
+            h2d = best_time(lambda: host.to(device), repeats=repeats, device=device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     size = 128 * 2**20 * 4

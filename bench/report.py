@@ -99,7 +99,8 @@ def markdown_tables(
     h2d = f", host→device {limits.h2d_gb_s:.1f} GB/s" if limits.h2d_gb_s else ""
     parts = [
         f"Machine: {machine.line()}; load average at end {load_after[0]:.2f}.",
-        f"Measured limits: read {limits.read_gb_s:.1f} GB/s, copy {limits.copy_gb_s:.1f} GB/s{h2d}, "
+        "Measured limits (best of 5 runs, at the start and at the end of the run): "
+        f"read {limits.read_gb_s:.1f} GB/s, copy {limits.copy_gb_s:.1f} GB/s{h2d}, "
         f"GEMM fp32 {limits.gemm_f32_gflop_s:.0f} GFLOP/s, fp64 {limits.gemm_f64_gflop_s:.0f} GFLOP/s.",
         "",
         "Engine (median seconds; in brackets measured / floor):",

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,10 +75,18 @@ def peak_memory(folder: Path, device: torch.device) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def shapes_only(adapter: LoraAdapter) -> LoraAdapter:
+    """The adapter with its factors on the meta device: shapes and dtypes for the floors, no memory held."""
+    meta = torch.device("meta")
+    modules = tuple(dataclasses.replace(m, A=m.A.to(meta), B=m.B.to(meta)) for m in adapter.modules)
+    return dataclasses.replace(adapter, modules=modules)
+
+
 def bench_adapter(
-    folder: Path, device: torch.device, limits: Limits, *, repeats: int, dense: bool, per_shape: int
-) -> dict:
-    """Every figure of one adapter (seconds unless the key says otherwise)."""
+    folder: Path, device: torch.device, *, repeats: int, dense: bool, per_shape: int
+) -> tuple[dict, Callable[[Limits], dict]]:
+    """Every figure of one adapter (seconds unless the key says otherwise), and its floors given the limits
+    (measured at the start and the end of the run, so they come after every adapter)."""
     dev = device.type
     timed = {"repeats": repeats, "device": device}
     load_s = median_time(lambda: load_adapter(folder), **timed)
@@ -115,22 +124,30 @@ def bench_adapter(
         "export25_s": export_s,
         "export25_params_fraction": cut.params_fraction,
         "gram_gflop": floors.gram_flops(adapter) / 1e9,
-        "floor_load_s": floors.load_floor(adapter.file_size, limits),
-        "floor_spectra_s": floors.spectra_floor(adapter, limits),
-        "floor_allocation_ms": floors.allocation_floor(cut.n_kept, len(adapter.modules), limits) * 1e3,
-        "floor_factors_s": floors.factors_floor(adapter, full_ranks, limits, out_bytes),
-        "floor_export25_s": floors.factors_floor(adapter, cut.ranks, limits, out_bytes),
     }
     if device.type == "cuda":
         resident = on_device(adapter, device)
         row["spectra_resident_s"] = median_time(lambda: adapter_spectra(resident, device=dev), **timed)
-        row["floor_spectra_host_s"] = floors.spectra_floor(adapter, limits, read_gb_s=limits.h2d_gb_s)
         del resident
+    shapes, n_kept, cut_ranks = shapes_only(adapter), cut.n_kept, cut.ranks
+
+    def floor_fields(limits: Limits) -> dict:
+        fields = {
+            "floor_load_s": floors.load_floor(shapes.file_size, limits),
+            "floor_spectra_s": floors.spectra_floor(shapes, limits),
+            "floor_allocation_ms": floors.allocation_floor(n_kept, len(shapes.modules), limits) * 1e3,
+            "floor_factors_s": floors.factors_floor(shapes, full_ranks, limits, out_bytes),
+            "floor_export25_s": floors.factors_floor(shapes, cut_ranks, limits, out_bytes),
+        }
+        if limits.h2d_gb_s is not None:
+            fields["floor_spectra_host_s"] = floors.spectra_floor(shapes, limits, read_gb_s=limits.h2d_gb_s)
+        return fields
+
     row |= {f"memory_{k}": v for k, v in peak_memory(folder, device).items()}
     if dense:
         row |= {f"baseline_{k}": v for k, v in measure_baselines(adapter, spectra, device, per_shape=per_shape)
                 .as_dict().items()}  # fmt: skip
-    return row
+    return row, floor_fields
 
 
 def main() -> None:
@@ -149,20 +166,28 @@ def main() -> None:
     machine = machine_info(device)
     print(f"machine: {machine.line()}", file=sys.stderr)
     folders = [adapter_folder(spec, Path(args.work)) for spec in args.adapters]
-    limits = measure_limits(device)
-    print(f"limits: {limits}", file=sys.stderr)
-    rows = []
+    at_start = measure_limits(device)
+    print(f"limits at the start: {at_start}", file=sys.stderr)
+    rows, floor_fields = [], []
     for folder in folders:
-        rows.append(bench_adapter(folder, device, limits, repeats=args.repeats, dense=not args.no_dense,
-                                  per_shape=args.per_shape))  # fmt: skip
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        row, floors_of = bench_adapter(folder, device, repeats=args.repeats, dense=not args.no_dense,
+                                       per_shape=args.per_shape)  # fmt: skip
+        rows.append(row)
+        floor_fields.append(floors_of)
+        print(json.dumps(row), file=sys.stderr)
+    at_end = measure_limits(device)
+    print(f"limits at the end: {at_end}", file=sys.stderr)
+    limits = at_start.best(at_end)  # the floor is what the machine can do at best; neighbours only slow it
+    for row, floors_of in zip(rows, floor_fields, strict=True):
+        row |= floors_of(limits)
     load_after = os.getloadavg()
     tables = markdown_tables(rows, machine, limits, load_after)
     print(tables)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M%S")  # runs in the same minute must not overwrite each other
-    record = {"machine": dataclasses.asdict(machine), "limits": limits.as_dict(), "load_average_end": load_after,
+    record = {"machine": dataclasses.asdict(machine), "limits": limits.as_dict(),
+              "limits_at_start": at_start.as_dict(), "limits_at_end": at_end.as_dict(), "load_average_end": load_after,
               "rows": rows, "command": " ".join(sys.argv)}  # fmt: skip
     (out / f"{device.type}-{stamp}.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / f"{device.type}-{stamp}.md").write_text(tables + "\n")

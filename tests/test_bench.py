@@ -13,6 +13,7 @@ from bench import floors
 from bench.baselines import max_rel_error, measure_baselines
 from bench.machine import Limits
 from bench.make_adapter import SHAPES, make_adapter, module_factors, module_spectrum
+from bench.run import shapes_only
 
 
 @pytest.mark.parametrize("style", ["trained", "balanced", "steep"])
@@ -55,6 +56,16 @@ def test_floors_count_gram_flops_and_bytes(tmp_path):
     limits = Limits(read_gb_s=10.0, copy_gb_s=10.0, gemm_f32_gflop_s=100.0, gemm_f64_gflop_s=50.0)
     floor = floors.spectra_floor(adapter, limits)
     assert floor == pytest.approx(floors.factor_bytes(adapter) / 10e9 + expected_flops / 100e9)
+    shapes = shapes_only(adapter)  # what run.py keeps for the floors until the run's last limits are in
+    assert shapes.modules[0].A.device.type == "meta" and floors.spectra_floor(shapes, limits) == floor
+    ranks = [m.r for m in adapter.modules]
+    assert floors.factors_floor(shapes, ranks, limits, 4) == floors.factors_floor(adapter, ranks, limits, 4)
+
+
+def test_limits_best_keeps_the_higher_rate_of_each():
+    start = Limits(read_gb_s=10.0, copy_gb_s=8.0, gemm_f32_gflop_s=90.0, gemm_f64_gflop_s=60.0)
+    end = Limits(read_gb_s=12.0, copy_gb_s=7.0, gemm_f32_gflop_s=130.0, gemm_f64_gflop_s=50.0, h2d_gb_s=20.0)
+    assert start.best(end) == Limits(12.0, 8.0, 130.0, 60.0, 20.0) == end.best(start)
 
 
 def test_baselines_report_the_engine_accuracy():
