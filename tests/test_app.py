@@ -10,6 +10,7 @@ from peft import PeftModel
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
+from pages.shared.state import KEY_EXPORT_ZIP
 from tests.builders import make_peft_dir, tiny_bert
 
 TIMEOUT = 120
@@ -96,13 +97,13 @@ def test_para_zip_is_built_for_the_current_cut_and_dropped_when_it_moves(home, t
     assert not home.exception
     assert not any(b.label.startswith("Build") for b in home.button)  # the download took its place
     (label,) = [d.label for d in home.download_button]
-    (_, ranks, export_format), data = home.session_state["export_zip"]
+    (_, ranks, export_format), data = home.session_state[KEY_EXPORT_ZIP]
     assert export_format == "peft" and f"({len(data) / 1e6:.2f} MB)" in label
     (tmp_path / "para.zip").write_bytes(data)
     exported = load_adapter(tmp_path / "para.zip")
     assert tuple(m.r for m in exported.modules) == tuple(k for k in ranks if k > 0)
     home.slider[0].set_value(60.0).run()
-    assert not home.download_button and "export_zip" not in home.session_state  # another cut: zip freed
+    assert not home.download_button and KEY_EXPORT_ZIP not in home.session_state  # another cut: zip freed
     assert any(b.label.startswith("Build the compressed adapter") for b in home.button)
 
 

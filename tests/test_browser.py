@@ -43,27 +43,26 @@ def log_tail(path: Path, lines: int = 40) -> str:
 def server(server_log):
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = server_log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not become healthy within 60 s; its log:\n{log_tail(server_log)}")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    with server_log.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+             str(port), "--server.address", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            proc.kill()
+            pytest.fail(f"streamlit did not become healthy within 60 s; its log:\n{log_tail(server_log)}")
+        yield url
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +99,7 @@ def wait_quiet(page, quiet_ms: int = 2000) -> None:
     """Wait until no script run has started for `quiet_ms` (up to 90 s).
 
     A slider moved by keys commits its value more than once, so reruns arrive spaced out, and the app is idle
-    between them. Each run re-registers the deferred download, and a run cut short by the next one (before it
-    reaches the button) drops the id the browser still shows: a click then fails. So act only once quiet.
+    between them: a metric read or a click in such a gap meets a page that the next run is about to redraw.
     """
     page.evaluate(WATCH_RUNS)
     page.wait_for_function(QUIET_FOR, arg=quiet_ms, polling=100, timeout=90_000)
