@@ -140,8 +140,8 @@ def cholesky_factors(G: torch.Tensor, certify_below: float = 0.0) -> tuple[torch
         (L (n, r, r) float64, condition number (n,) float64 (the bound where that is <= certify_below); inf
         where the factorisation failed or G_s is numerically singular).
     """
+    G = G.double()  # a float32 Gram's rounding is its error; factoring it in float64 adds none
     L, info = torch.linalg.cholesky_ex(G)
-    L, G = L.double(), G.double()
     d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
     kappa = condition_bound(G, L, d)
     uncertain = (info == 0) & ~(kappa <= certify_below)

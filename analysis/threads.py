@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -80,26 +80,42 @@ def engine_threads() -> Iterator[None]:
 def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
     """[fn(x) for x in items] on `workers` threads (default `outer_threads()`), each with one-thread torch.
 
-    torch and numpy release the GIL inside their kernels, so two workers keep two cores busy. Called from
-    inside a worker, it runs in that worker: the cores are taken already.
+    torch and numpy release the GIL inside their kernels, so two workers keep two cores busy. Each worker
+    takes the next item when it is done with one, so a worker slowed by a neighbour's job on its core does
+    less, and none waits at the end while the other works through a fixed share. Called from inside a
+    worker, it runs in that worker: the cores are taken already.
     """
     workers = min(workers or outer_threads(), len(items))
     with engine_threads():
         if workers <= 1 or getattr(_worker, "active", False):
             return [fn(x) for x in items]
+        out: list[R] = [None] * len(items)  # type: ignore[list-item]
+        taken = [0]  # items handed out so far; set to len(items) to stop the others after a failure
+        take_lock = threading.Lock()
 
-        def run(part: Sequence[T]) -> list[R]:
+        def take() -> int:
+            with take_lock:
+                i = taken[0]
+                taken[0] = min(i + 1, len(items))
+                return i
+
+        def run(_: int) -> None:
             torch.set_num_threads(1)  # OpenMP's per-thread setting; the engine block restores the default
             _worker.active = True
             try:
-                return [fn(x) for x in part]
+                while (i := take()) < len(items):
+                    out[i] = fn(items[i])
+            except BaseException:
+                with take_lock:
+                    taken[0] = len(items)
+                raise
             finally:
                 _worker.active = False
 
         with _lock:
             pool = _pools.get(workers) or _pools.setdefault(workers, ThreadPoolExecutor(workers, "engine"))
-        parts = list(pool.map(run, [items[w::workers] for w in range(workers)]))
-    out: list[R] = [None] * len(items)  # type: ignore[list-item]
-    for w, part in enumerate(parts):
-        out[w::workers] = part
+        futures = [pool.submit(run, w) for w in range(workers)]
+        wait(futures)  # every worker is done before the engine block ends, failed or not
+        for future in futures:
+            future.result()  # re-raises a worker's error
     return out

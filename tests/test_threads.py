@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -76,6 +77,45 @@ def test_map_workers_keeps_order_and_uses_worker_threads():
     assert threading.get_ident() not in seen
     assert threads.map_workers(square, [3], workers=2) == [9]
     assert torch.get_num_threads() == before
+
+
+def test_map_workers_hands_items_to_whichever_worker_is_free():
+    """A worker held up by one item (a neighbour's job on its core) does not keep a fixed share of the rest."""
+    others_done = threading.Event()
+    done, lock = [], threading.Lock()
+
+    def work(x: int) -> int:
+        if x == 0:
+            assert others_done.wait(10)  # with fixed shares this worker would still own items 2, 4, ...
+        else:
+            with lock:
+                done.append(x)
+                if len(done) == 6:
+                    others_done.set()
+        return threading.get_ident()
+
+    who = threads.map_workers(work, list(range(7)), workers=2)
+    assert len(set(who[1:])) == 1 and who[0] != who[1]  # the free worker took every other item
+
+
+def test_map_workers_raises_a_workers_error_and_stops_handing_out_items():
+    failed = threading.Event()
+    calls = []
+
+    def fail_first(x: int) -> int:
+        calls.append(x)
+        if x == 0:
+            failed.set()
+            raise ValueError("module 0: bad factor")
+        assert failed.wait(10)
+        time.sleep(0.001)  # the failing worker stops the hand-out well within this
+        return x
+
+    with pytest.raises(ValueError, match="module 0"):
+        threads.map_workers(fail_first, list(range(1000)), workers=2)
+    returned_after = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == returned_after < 50  # nothing runs on after the error; fixed shares ran ~500 more
 
 
 def test_map_workers_inside_a_worker_runs_there_and_workers_are_reused():
