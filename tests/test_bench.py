@@ -9,7 +9,7 @@ import torch
 
 from analysis.adapters import LoraAdapter, LoraModule, load_adapter
 from analysis.spectra import adapter_spectra
-from bench import floors
+from bench import floors, report
 from bench.baselines import max_rel_error, measure_baselines
 from bench.machine import Limits
 from bench.make_adapter import SHAPES, make_adapter, module_factors, module_spectrum
@@ -82,3 +82,13 @@ def test_baselines_report_the_engine_accuracy():
     assert result.dense_svd_s > 0 and result.svd_lowrank_s > 0
     assert result.max_rel_error_dense < 1e-4 and result.max_rel_error_f64 < 1e-4
     assert max_rel_error(np.array([2.0, 1.0001]), np.array([2.0, 1.0])) == pytest.approx(1e-4)
+
+
+def test_engine_table_puts_the_median_and_the_best_spectra_run_against_the_same_floor():
+    row = {"adapter": "a", "modules": 2, "rank": 8, "file_mb": 1.0, "load_s": 0.01, "floor_load_s": 0.005,
+           "spectra_s": 0.3, "spectra_best_s": 0.24, "floor_spectra_s": 0.15, "end_to_end_s": 0.5,
+           "allocation_ms": 0.2, "floor_allocation_ms": 0.1, "factors_s": 1.0, "floor_factors_s": 0.5,
+           "export25_s": 1.0, "floor_export25_s": 0.4, "n_float64_gram": 2, "n_fallback": 0}  # fmt: skip
+    head, _, line = report.engine_table([row])
+    cells = dict(zip(head.strip("| ").split(" | "), line.strip("| ").split(" | "), strict=True))
+    assert cells["spectra s"] == "0.300 (2.0×)" and cells["spectra, best run s"] == "0.240 (1.6×)"
