@@ -6,8 +6,8 @@ QR route, R_B R_A^T, up to signs). Each Gram is float32 where its estimated erro
 where not (analysis/grams.py). Where B's Gram is float64 (trained adapters: B is the ill-conditioned side),
 the CPU takes the squared values as eigenvalues of L_A^T (B^T B) L_A instead, with no factor of B's Gram,
 while its error estimate allows. Modules still too ill-conditioned fall back to QR (R only) in float64.
-Batched over modules of equal shape, on cuda / mps / cpu; on the CPU on worker threads, each taking part
-of every group from Grams to singular values. No streamlit here.
+Batched over modules of equal shape, on cuda / mps / cpu; on the CPU on worker threads, each taking the
+next part of a group when it is free and carrying it from Grams to singular values. No streamlit here.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tu
     (`grams.side_factors`); a float64 B side by eigenvalues (`grams.values_from_float64_B`), which take
     the Cholesky route themselves where their error estimate is too large. On the CPU each group is split
     between worker threads with one-thread BLAS (analysis/threads.py), and every part of every group is one
-    task taking its modules from Grams to singular values: no step runs on one core, and no worker waits for
-    the other between groups. CUDA: both sides in float64 (cheap there), with no per-module host syncs.
+    task taking its modules from Grams to singular values, handed to whichever worker is free: no step runs on
+    one core, and no worker waits for the other between groups. CUDA: both sides in float64 (cheap there),
+    with no per-module host syncs.
 
     Returns:
         Per group: (sigma (n, r) float64 on cpu, estimated relative error (n,) on cpu, modules with a
