@@ -90,31 +90,29 @@ def map_workers(fn: Callable[[T], R], items: Sequence[T], workers: int | None = 
         if workers <= 1 or getattr(_worker, "active", False):
             return [fn(x) for x in items]
         out: list[R] = [None] * len(items)  # type: ignore[list-item]
-        taken = [0]  # items handed out so far; set to len(items) to stop the others after a failure
+        pending = iter(range(len(items)))  # shared: a worker takes the next index when it is free
         take_lock = threading.Lock()
+        failed = threading.Event()  # set by a worker's error: the others take nothing more
 
-        def take() -> int:
-            with take_lock:
-                i = taken[0]
-                taken[0] = min(i + 1, len(items))
-                return i
-
-        def run(_: int) -> None:
+        def run() -> None:
             torch.set_num_threads(1)  # OpenMP's per-thread setting; the engine block restores the default
             _worker.active = True
             try:
-                while (i := take()) < len(items):
+                while not failed.is_set():
+                    with take_lock:
+                        i = next(pending, None)
+                    if i is None:
+                        return
                     out[i] = fn(items[i])
             except BaseException:
-                with take_lock:
-                    taken[0] = len(items)
+                failed.set()
                 raise
             finally:
                 _worker.active = False
 
         with _lock:
             pool = _pools.get(workers) or _pools.setdefault(workers, ThreadPoolExecutor(workers, "engine"))
-        futures = [pool.submit(run, w) for w in range(workers)]
+        futures = [pool.submit(run) for _ in range(workers)]
         wait(futures)  # every worker is done before the engine block ends, failed or not
         for future in futures:
             future.result()  # re-raises a worker's error

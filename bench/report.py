@@ -27,8 +27,8 @@ def engine_table(rows: Sequence[dict]) -> list[str]:
     head += ["load + spectra + 1 allocation s", "1 allocation ms", "full factors s", "export 25% s",
              "float64 Grams / QR"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * 2 + " ---: |" * (len(head) - 2)]
+    spectra_floor = "floor_spectra_host_s" if has_resident else "floor_spectra_s"
     for r in rows:
-        spectra_floor = "floor_spectra_host_s" if has_resident else "floor_spectra_s"
         cells = [
             f"`{r['adapter']}`",
             str(r["modules"]),
