@@ -106,11 +106,15 @@ class LoraAdapter:
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-# <name>.<part>[.<adapter name>][.weight]; the adapter name ("default") appears in unsaved state dicts.
+# <name>.<part>[.<adapter name>][.weight]; the adapter name ("default") appears in unsaved state dicts. A LoRA
+# bias (`lora_B.bias`, peft's lora_bias=True) is no factor: it stays unmatched and is passed through.
 PEFT_KEY = re.compile(
     r"^(?P<name>.+)\.(?P<part>lora_A|lora_B|lora_E|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?!weight$)(?P<adapter>[^.]+))?(?:\.weight)?$"
+    r"(?:\.(?!(?:weight|bias)$)(?P<adapter>[^.]+))?(?:\.weight)?$"
 )
+# Initialisations that change the base weights when peft loads the adapter (PiSSA, OLoRA, CorDA and LoRA-GA
+# subtract the initial factors, LoftQ quantises): such an adapter's update is relative to that changed base.
+BASE_ALTERING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 KOHYA_KEY = re.compile(r"^(?P<name>.+)\.(?P<part>lora_down|lora_up|lora_A|lora_B)\.weight$")
 
 
@@ -185,6 +189,15 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if peft_type not in ("LORA", "ADALORA"):
         raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA or ADALORA; only LoRA is read")
     return config
+
+
+def base_altering_init(config: Mapping[str, Any]) -> str | None:
+    """The config's `init_lora_weights` when it is one that changes the base weights at load (see
+    BASE_ALTERING_INITS), else None."""
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(BASE_ALTERING_INITS):  # "pissa_niter_16" too
+        return init
+    return "loftq" if config.get("loftq_config") else None
 
 
 def _fingerprint(buffer: Any, config: Mapping[str, Any]) -> str:
@@ -293,6 +306,17 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
         warnings.append(
             "DoRA adapter: spectra show the direction part s*B@A only; the magnitude vector is passed through"
         )
+    if config.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in extra):
+        warnings.append(
+            "LoRA bias (lora_bias=True): the biases are passed through, but a module cut to rank 0 loses its "
+            "bias; set the minimum rank to 1 to keep every one"
+        )
+    if init := base_altering_init(config):
+        warnings.append(
+            f"init_lora_weights={init!r}: peft changes the base weights by the initial factors when it loads this "
+            "adapter, so its update is not s*B@A on the base model and it cannot be exported at other ranks; "
+            "convert it to a plain LoRA first (peft's save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
     return LoraAdapter(
         source=str(folder),
         fingerprint=fingerprint,
@@ -337,7 +361,9 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
             )
         init_r = int(config.get("init_r", 12))
         A = A * E.reshape(r, 1).to(A.dtype)  # fold the singular values in: (r, in) * (r, 1)
-        scaling = (alpha if alpha > 0 else init_r) / (init_r + 1e-5)  # peft: scaling / (ranknum + 1e-5)
+        # peft: scaling / (ranknum + 1e-5), ranknum = init_r; with alpha 0 the scaling is the module's rank, which
+        # is the kept rank once peft resizes the module to its rank_pattern at load
+        scaling = (alpha if alpha > 0 else r) / (init_r + 1e-5)
         return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
     matched = _pattern_value(rank_pattern, name)
     expected_r = int(matched[1]) if matched else int(config.get("r", 8))
@@ -372,7 +398,8 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         A, B, kind = _as_matrices(file, name, A, B)
         alpha_t = extra.pop(f"{name}.alpha", None)
         r = A.shape[0]
-        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else float(r)
+        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else 0.0
+        alpha = alpha or float(r)  # kohya reads a missing or zero alpha as alpha = rank (scale 1)
         modules.append(LoraModule(name, A, B, alpha / r, kind, weight_shape, alpha))
     config = {"kohya_metadata": metadata}
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in

@@ -24,13 +24,16 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 from safetensors.torch import save_file
 
-from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, load_adapter
+from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, base_altering_init, load_adapter
 from analysis.para import RankAllocation
 from analysis.spectra import truncated_factors
 from analysis.threads import engine_threads, map_workers
 
 ExportFormat = Literal["peft", "kohya"]
 REPORT_NAME = "RANKS.md"
+# Relative error an export may show against the truncated SVD; factors stored in 16 bits are rounded to their own
+# precision (bfloat16: 7.8e-3), so those are held to one unit of it instead. A broken export is off by O(1).
+ROUND_TRIP_TOL = 1e-3
 # AdaLoRA-only config fields that a plain LoRA config must not carry.
 ADALORA_FIELDS = ("target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
 
@@ -59,6 +62,8 @@ class RoundTrip:
     """Max over modules of ||dW_export - dW_k||_F / ||dW_k||_F (0 for dropped modules that are absent)."""
     n_modules: int
     is_ok: bool
+    tolerance: float = 1e-3
+    """The bound `max_rel_error` was held to: ROUND_TRIP_TOL, or one unit of a 16-bit export's precision."""
 
 
 def _factor_dtype(module: LoraModule) -> torch.dtype:
@@ -120,6 +125,17 @@ def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_formats(adapter: LoraAdapter) -> list[ExportFormat]:
+    """The formats `adapter` can be written in, the natural one first.
+
+    A kohya file writes back as kohya; as PEFT too where its module names are model paths (diffusers-style
+    keys), since PEFT matches modules by path and a flattened kohya name (`lora_unet_..._to_q`) matches none.
+    """
+    if adapter.format != "kohya":
+        return ["peft"]
+    return ["kohya", "peft"] if all("." in m.name for m in adapter.modules) else ["kohya"]
+
+
 def compress_adapter(
     adapter: LoraAdapter, allocation: RankAllocation, *, format: ExportFormat = "peft"
 ) -> CompressedAdapter:
@@ -143,6 +159,22 @@ def compress_adapter(
     names = tuple(m.name for m in adapter.modules)
     if allocation.names != names:
         raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
+    if not any(allocation.ranks):
+        raise ValueError(
+            f"{adapter.source}: this cut keeps no rank in any module, which no reader can load; "
+            "raise the budget or set the minimum rank to 1"
+        )
+    if init := base_altering_init(adapter.config):
+        raise ValueError(
+            f"{adapter.source}: init_lora_weights={init!r} changes the base weights when peft loads it, so a cut to "
+            "other ranks would not apply to the same base; convert it to a plain LoRA first (peft's "
+            "save_pretrained(path_initial_model_for_weight_conversion=...)) and compress that"
+        )
+    if format not in export_formats(adapter):
+        raise ValueError(
+            f"{adapter.source}: kohya module names (e.g. {next(n for n in names if '.' not in n)!r}) are no model "
+            "paths that PEFT can match; export in kohya format (format='kohya', --format kohya)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     kept = [(module, k) for module, k in zip(adapter.modules, allocation.ranks, strict=True) if k > 0]
     with engine_threads():  # modules on worker threads, each with one-thread BLAS
@@ -153,11 +185,28 @@ def compress_adapter(
             tensors.update(_kohya_tensors(prefix, module, B_k.contiguous(), A_k.contiguous()))
         else:
             tensors.update(_peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
-    tensors.update({key: t.contiguous() for key, t in adapter.extra_tensors.items()})
+    tensors.update(_passed_through(adapter, allocation, format))
     config: dict[str, Any] = {}
     if format == "peft":
         config = peft_config(adapter, allocation)
     return CompressedAdapter(format, config, tensors, rank_report(adapter, allocation), allocation, adapter.source)
+
+
+def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: ExportFormat) -> dict[str, torch.Tensor]:
+    """The source's other tensors (modules_to_save, LoRA biases, DoRA magnitudes) as the export needs them.
+
+    A dropped module's tensors go with it (peft would report them as unexpected keys). peft multiplies a LoRA
+    bias by the module's scale, like B @ A; the export's scale is 1, so the bias takes the scale in.
+    """
+    dropped = tuple(
+        PEFT_PREFIX + m.name + "." for m, k in zip(adapter.modules, allocation.ranks, strict=True) if not k
+    )
+    scales = {f"{PEFT_PREFIX}{m.name}.lora_B.bias": m.scaling for m in adapter.modules} if format == "peft" else {}
+    return {
+        key: (t * scales[key] if key in scales else t).contiguous()
+        for key, t in adapter.extra_tensors.items()
+        if not key.startswith(dropped)
+    }
 
 
 def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
@@ -167,8 +216,6 @@ def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, A
     dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
     r_max = max(kept.values(), default=1)
     pattern = {pattern_key(name): k for name, k in kept.items()}
-    excluded = config.get("exclude_modules")
-    excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
     config.update(
         peft_type="LORA",
         r=r_max,
@@ -176,11 +223,25 @@ def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, A
         use_rslora=False,
         rank_pattern=pattern,
         alpha_pattern=dict(pattern),
-        exclude_modules=sorted(set(excluded) | set(dropped)) or None,
+        exclude_modules=_excluded(config.get("exclude_modules"), dropped),
     )
-    if not adapter.config:  # kohya/diffusers input written as PEFT: the minimum PEFT needs
+    if not config.get("target_modules"):  # kohya/diffusers input written as PEFT: the minimum PEFT needs
         config["target_modules"] = sorted(kept)
     return config
+
+
+def _excluded(source: str | list[str] | None, dropped: list[str]) -> str | list[str] | None:
+    """`exclude_modules` that keeps the source's exclusions and adds the dropped modules.
+
+    peft reads a string as one regex (full match) and a list as names (equal or a dotted suffix), so a
+    source regex stays a regex, joined with the dropped names as exact alternatives.
+    """
+    if isinstance(source, str):
+        if not dropped:
+            return source
+        names = "|".join(re.escape(name) for name in dropped)
+        return f"(?:{source})|(?:.*\\.)?(?:{names})"
+    return sorted(set(source or []) | set(dropped)) or None
 
 
 def _write_files(compressed: CompressedAdapter, folder: Path) -> None:
@@ -267,7 +328,8 @@ def check_round_trip(adapter: LoraAdapter, allocation: RankAllocation, exported:
 
     # modules on worker threads, each with one-thread BLAS, as in compress_adapter
     worst = max(map_workers(error, list(zip(adapter.modules, allocation.ranks, strict=True))), default=0.0)
-    return RoundTrip(max_rel_error=worst, n_modules=len(adapter.modules), is_ok=worst < 1e-3)
+    tol = max([ROUND_TRIP_TOL] + [torch.finfo(m.A.dtype).eps for m in reloaded.values() if m.A.is_floating_point()])
+    return RoundTrip(max_rel_error=worst, n_modules=len(adapter.modules), is_ok=worst < tol, tolerance=tol)
 
 
 def _factor_rel_diff(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tensor) -> float:

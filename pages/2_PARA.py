@@ -8,7 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from analysis.adapters import AdapterError
-from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, peft_config, save_adapter
+from analysis.export import (
+    adapter_zip_bytes,
+    check_round_trip,
+    compress_adapter,
+    export_formats,
+    peft_config,
+    save_adapter,
+)
 from analysis.figures import rank_heatmap_figure, sweep_figure
 from analysis.para import allocate_at, cut_position
 from pages.shared import cache
@@ -58,8 +65,7 @@ st.dataframe(
 )
 
 st.subheader("Export")
-formats = ["peft", "kohya"] if adapter.format == "kohya" else ["peft"]
-export_format = st.radio("Format", formats, horizontal=True)
+export_format = st.radio("Format", export_formats(adapter), horizontal=True)
 download, save = st.columns(2)
 # Built on request for the cut this run shows, kept for it, and offered as bytes: the same bytes get the same
 # file id on every rerun. (A deferred download gets a new id each run, and a run cut short by the slider's next
@@ -70,9 +76,12 @@ if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != z
     built = None
 slot = download.empty()  # the build button, then the download in its place
 if built is None and slot.button("Build the compressed adapter (.zip)", type="primary"):
-    with st.spinner("Truncating every module and zipping..."):
-        built = (zip_key, adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)))
-    st.session_state[KEY_EXPORT_ZIP] = built
+    try:
+        with st.spinner("Truncating every module and zipping..."):
+            built = (zip_key, adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)))
+        st.session_state[KEY_EXPORT_ZIP] = built
+    except ValueError as err:
+        st.error(str(err))
 if built is not None:
     slot.download_button(
         f"Download para-adapter.zip ({len(built[1]) / 1e6:.2f} MB)",
@@ -88,16 +97,22 @@ if save.button("Save", disabled=not target):
     try:
         folder = save_adapter(compress_adapter(adapter, allocation, format=export_format), target, overwrite=overwrite)
         check = check_round_trip(adapter, allocation, folder)
-        st.session_state[KEY_EXPORT_RESULT] = (str(folder), check.max_rel_error, check.is_ok)
+        st.session_state[KEY_EXPORT_RESULT] = (str(folder), check.max_rel_error, check.tolerance, check.is_ok)
     except (ValueError, FileExistsError, OSError, AdapterError) as err:
         st.session_state.pop(KEY_EXPORT_RESULT, None)
         st.error(str(err))
 if result := st.session_state.get(KEY_EXPORT_RESULT):
-    folder, max_error, is_ok = result
+    folder, max_error, tolerance, is_ok = result
     if is_ok:
-        st.success(f"Saved to `{folder}`. Round-trip check passed (max relative error {max_error:.2e}).")
+        st.success(
+            f"Saved to `{folder}`. Round-trip check passed (max relative error {max_error:.2e}, "
+            f"below {tolerance:.0e})."
+        )
     else:
-        st.error(f"Saved to `{folder}`, but the round-trip check failed (max relative error {max_error:.2e}).")
+        st.error(
+            f"Saved to `{folder}`, but the round-trip check failed (max relative error {max_error:.2e}, "
+            f"above {tolerance:.0e})."
+        )
 if export_format == "peft":
     config = peft_config(adapter, allocation)
     with st.expander("rank_pattern of this export (alpha_pattern is the same: scale 1)"):

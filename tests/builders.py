@@ -48,3 +48,26 @@ def make_peft_dir(folder: Path, *, seed: int = 0, adalora: bool = False, **lora_
                     p.copy_(torch.randn_like(p))
     peft_model.save_pretrained(folder)
     return folder
+
+
+def make_adalora_with_rank_pattern(folder: Path, *, lora_alpha: float, seed: int = 0) -> Path:
+    """An AdaLoRA adapter after peft's own rank allocation (a few SGD steps on a tiny BERT), saved with the
+    rank_pattern peft writes: each module's tensors then hold only its kept ranks, as in a real run."""
+    torch.manual_seed(seed)
+    config = AdaLoraConfig(init_r=6, target_r=3, lora_alpha=lora_alpha, total_step=12, tinit=2, tfinal=2, deltaT=1,
+                           target_modules=["query", "key", "value", "dense"])  # fmt: skip
+    model = get_peft_model(tiny_bert(seed), config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_E" in name or "lora_B" in name:  # lora_E starts at zero: give every triplet a value
+                p.copy_(torch.randn_like(p))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 100, (4, 6), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    for step in range(11):
+        model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder

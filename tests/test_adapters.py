@@ -14,7 +14,7 @@ from torch import nn
 
 from analysis.adapters import AdapterError, load_adapter
 from analysis.spectra import adapter_spectra
-from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
+from tests.builders import factors_with_sigma, make_adalora_with_rank_pattern, make_peft_dir, tiny_bert
 
 CHOSEN = [4.0, 2.0, 1.0, 0.5]
 
@@ -60,6 +60,16 @@ def test_load_adapter_reads_adalora_with_folded_singular_values(tmp_path):
     folder = make_peft_dir(tmp_path / "a", adalora=True)
     adapter = load_adapter(folder)
     assert adapter.format == "adalora"
+    assert_matches_peft(folder)
+
+
+@pytest.mark.parametrize("lora_alpha", [16, 0])
+def test_load_adapter_matches_peft_for_adalora_after_rank_allocation(tmp_path, lora_alpha):
+    # peft resizes each module to its rank_pattern at load; with alpha 0 its scale then follows the kept rank
+    folder = make_adalora_with_rank_pattern(tmp_path / "a", lora_alpha=lora_alpha)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    kept = {sum(mask) for mask in config["rank_pattern"].values()}
+    assert len(kept) > 1, "the allocation should leave modules at different ranks"
     assert_matches_peft(folder)
 
 
@@ -177,6 +187,33 @@ def test_load_adapter_reads_kohya_file(tmp_path, chosen_factors):
     (m,) = adapter.modules
     assert m.name == prefix and m.scaling == pytest.approx(2.0 / 4)
     torch.testing.assert_close(m.B @ m.A, B @ A)
+
+
+def test_load_adapter_reads_a_zero_kohya_alpha_as_the_rank(tmp_path, chosen_factors):
+    B, A, _ = chosen_factors
+    prefix = "lora_unet_down_blocks_0_attn1_to_q"
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(0.0)},
+              tmp_path / "lora.safetensors")  # fmt: skip
+    (m,) = load_adapter(tmp_path / "lora.safetensors").modules
+    assert m.scaling == 1.0  # kohya's LoRAModule: alpha 0 (or none) means alpha = rank
+
+
+def test_load_adapter_passes_a_lora_bias_through(tmp_path):
+    folder = make_peft_dir(tmp_path / "a", lora_bias=True, target_modules=["query", "value"])
+    adapter = load_adapter(folder)
+    assert len(adapter.modules) == 4
+    biases = [k for k in adapter.extra_tensors if k.endswith(".lora_B.bias")]
+    assert len(biases) == 4
+    assert any("LoRA bias" in w for w in adapter.warnings)
+    assert_matches_peft(folder)
+
+
+def test_load_adapter_warns_when_peft_changes_the_base_at_load(tmp_path, tiny_peft_dir):
+    config = json.loads((tiny_peft_dir / "adapter_config.json").read_text())
+    for init in ("pissa_niter_4", "olora", "corda", "lora_ga", "gaussian"):
+        (tiny_peft_dir / "adapter_config.json").write_text(json.dumps(config | {"init_lora_weights": init}))
+        warned = any("changes the base weights" in w for w in load_adapter(tiny_peft_dir).warnings)
+        assert warned == (init != "gaussian"), init
 
 
 def test_load_adapter_reads_zip_and_bin(tmp_path, tiny_peft_dir):

@@ -6,8 +6,12 @@ import csv
 import io
 import json
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from analysis.__main__ import main
 from analysis.adapters import load_adapter
+from tests.builders import factors_with_sigma
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -41,9 +45,22 @@ def test_cli_user_errors_are_one_line(capsys, tmp_path, tiny_peft_dir):
         ("compress", str(tiny_peft_dir), "--relative", "2", "--out", str(tmp_path / "o")),
         ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", str(tiny_peft_dir)),
         ("compress", str(tiny_peft_dir), "--energy", "0.9", "--format", "kohya", "--out", str(tmp_path / "k")),
+        ("compress", str(tiny_peft_dir), "--params-fraction", "0", "--out", str(tmp_path / "nothing")),
     ]
     for argv in cases:
         code, out, err = run(capsys, *argv)
         assert code == 2, argv
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert "Traceback" not in err
+
+
+def test_cli_compress_writes_a_kohya_input_back_as_kohya(capsys, tmp_path):
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(4.0)},
+              tmp_path / "in.safetensors")  # fmt: skip
+    code, _, err = run(capsys, "compress", str(tmp_path / "in.safetensors"), "--mean-rank", "2", "--out",
+                       str(tmp_path / "out"))  # fmt: skip
+    assert code == 0, err
+    assert load_file(tmp_path / "out" / "adapter_model.safetensors")[f"{prefix}.lora_down.weight"].shape == (2, 40)
+    assert not (tmp_path / "out" / "adapter_config.json").exists()

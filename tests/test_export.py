@@ -118,6 +118,88 @@ def test_export_kohya_round_trip(tmp_path):
         compress_adapter(load_adapter(make_peft_dir(tmp_path / "p")), allocation, format="kohya")
 
 
+def logits(model_or_folder, ids: torch.Tensor) -> torch.Tensor:
+    model = model_or_folder if isinstance(model_or_folder, torch.nn.Module) else tiny_bert()
+    if not isinstance(model_or_folder, torch.nn.Module):
+        model = PeftModel.from_pretrained(model, model_or_folder)
+    return model(input_ids=ids).logits
+
+
+def cut_that_drops(adapter):
+    """An energy cut that drops some modules and keeps others."""
+    index = para_index(adapter_spectra(adapter))
+    for value in (0.6, 0.5, 0.4, 0.3, 0.2):
+        allocation = allocate_ranks(index, value, "energy")
+        if 0 in allocation.ranks and any(allocation.ranks):
+            return allocation
+    raise AssertionError("no cut drops a module")
+
+
+IDS = torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lora_bias": True}, {"exclude_modules": r".*layer\.1\..*"}, {"use_dora": True}],
+    ids=["lora-bias", "regex-exclude", "dora"],
+)
+def test_export_carries_biases_magnitudes_and_exclusions_to_peft(tmp_path, kwargs):
+    folder = make_peft_dir(tmp_path / "in", target_modules=["query", "value"], **kwargs)
+    adapter = load_adapter(folder)
+    # every rank kept: peft computes the same outputs (a lost bias or a regex read as a name would change them)
+    full = save_adapter(compress_adapter(adapter, allocation_for(adapter, 1.0)), tmp_path / "full")
+    torch.testing.assert_close(logits(full, IDS), logits(folder, IDS), rtol=1e-4, atol=1e-5)
+    # a cut that drops modules: peft builds exactly the kept ones and every tensor in the file is one of theirs
+    allocation = cut_that_drops(adapter)
+    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "cut")
+    model = PeftModel.from_pretrained(tiny_bert(), out)
+    assert set(peft_layers(model)) == {n for n, k in allocation.rank_map.items() if k}
+    expected = {k.replace(".weight", ".default.weight").replace(".bias", ".default.bias") for k in load_file(
+        out / "adapter_model.safetensors")}  # fmt: skip
+    loaded = {k.replace(".lora_magnitude_vector", ".lora_magnitude_vector.default.weight") for k in expected}
+    state = set(model.state_dict())
+    assert loaded <= state, sorted(loaded - state)[:3]  # no key peft would report as unexpected
+
+
+def test_export_of_a_single_file_with_model_paths_targets_its_modules(tmp_path, tiny_peft_dir):
+    tensors = load_file(tiny_peft_dir / "adapter_model.safetensors")
+    save_file({k.removeprefix("base_model.model."): v for k, v in tensors.items()}, tmp_path / "lora.safetensors")
+    adapter = load_adapter(tmp_path / "lora.safetensors")  # diffusers-style keys: model paths, no config
+    allocation = allocation_for(adapter, 0.9)
+    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
+    layers = peft_layers(PeftModel.from_pretrained(tiny_bert(), out))
+    assert set(layers) == {n for n, k in allocation.rank_map.items() if k}  # not peft's default targets
+    kohya = tmp_path / "kohya.safetensors"
+    B, A = factors_with_sigma([2.0, 1.0])
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B}, kohya)
+    adapter = load_adapter(kohya)
+    with pytest.raises(ValueError, match="format='kohya'"):
+        compress_adapter(adapter, allocation_for(adapter, 0.9))
+
+
+def test_compress_adapter_refuses_an_empty_cut_and_a_base_changing_init(tmp_path, tiny_peft_dir):
+    adapter = load_adapter(tiny_peft_dir)
+    with pytest.raises(ValueError, match="keeps no rank"):
+        compress_adapter(adapter, allocation_for(adapter, 0.0, "params_fraction"))
+    config = json.loads((tiny_peft_dir / "adapter_config.json").read_text())
+    (tiny_peft_dir / "adapter_config.json").write_text(json.dumps(config | {"init_lora_weights": "pissa"}))
+    adapter = load_adapter(tiny_peft_dir)
+    with pytest.raises(ValueError, match="convert it to a plain LoRA"):
+        compress_adapter(adapter, allocation_for(adapter, 0.9))
+
+
+def test_round_trip_of_a_bfloat16_export_is_held_to_bfloat16_precision(tmp_path, tiny_peft_dir):
+    tensors = load_file(tiny_peft_dir / "adapter_model.safetensors")
+    save_file({k: v.bfloat16() for k, v in tensors.items()}, tiny_peft_dir / "adapter_model.safetensors")
+    adapter = load_adapter(tiny_peft_dir)
+    allocation = allocation_for(adapter, 1.0)
+    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
+    check = check_round_trip(adapter, allocation, out)
+    assert check.tolerance == torch.finfo(torch.bfloat16).eps
+    assert 1e-3 < check.max_rel_error < check.tolerance and check.is_ok  # rounded to bfloat16, nothing worse
+
+
 def test_adapter_zip_bytes_loads_back(tmp_path, adapter_and_cut):
     adapter, allocation = adapter_and_cut
     data = adapter_zip_bytes(compress_adapter(adapter, allocation))
