@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--params-fraction", dest="params_fraction", type=float, help="fraction of LoRA params to keep")
     cut.add_argument("--params", type=int, help="number of LoRA params to keep at most")
     cut.add_argument("--mean-rank", dest="mean_rank", type=float, help="mean rank over modules")
-    p.add_argument("--out", required=True, help="output folder (PEFT) or file (kohya .safetensors)")
+    p.add_argument("--out", required=True, help="output folder (adapter_model.safetensors, its config, RANKS.md)")
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
     p.add_argument("--format", choices=["peft", "kohya"], help="default: kohya for a kohya input, else peft")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
@@ -177,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         adapter = load_adapter(args.adapter)
         COMMANDS[args.command](adapter, args)
-    except (AdapterError, ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and no traceback
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
+        return 0
+    except (AdapterError, ValueError, OSError) as err:  # OSError: e.g. an output folder we may not write
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -134,12 +134,23 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     path = Path(path).expanduser()
     if not path.exists():
         raise AdapterError(f"{path}: no such file or folder; check the path")
-    if path.is_file() and path.suffix.lower() == ".zip":
-        with extracted_zip(path) as root:
-            found = _find_adapter(root, str(path))
-            adapter = _load_path(found, in_memory=True)
-            return _replace_source(adapter, str(path))
-    return _load_path(_find_adapter(path, str(path)), in_memory=False)
+    if path.is_file() and path.name == CONFIG_NAME:
+        path = path.parent  # the config names its folder
+    try:
+        if path.is_file() and path.suffix.lower() == ".zip":
+            with extracted_zip(path) as root:
+                try:
+                    return _replace_source(_load_path(_find_adapter(root, str(path)), in_memory=True), str(path))
+                except AdapterError as err:  # name the file inside the zip, not the temporary folder
+                    raise AdapterError(str(err).replace(str(root), str(path))) from None
+        return _load_path(_find_adapter(path, str(path)), in_memory=False)
+    except AdapterError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError, RecursionError) as err:
+        # a check this loader lacks: still one line naming the file, never a traceback in the app or the CLI
+        raise AdapterError(
+            f"{path}: cannot be read as a LoRA adapter ({type(err).__name__}: {str(err)[:160]})"
+        ) from None
 
 
 def _find_adapter(path: Path, shown: str) -> Path:
@@ -157,6 +168,9 @@ def _find_adapter(path: Path, shown: str) -> Path:
     files = sorted(path.rglob("*.safetensors"))
     if len(files) == 1:
         return files[0]
+    if len(files) > 1:
+        names = ", ".join(str(f.relative_to(path)) for f in files[:3])
+        raise AdapterError(f"{shown}: holds several .safetensors files ({names}); point at one of them")
     raise AdapterError(
         f"{shown}: no {CONFIG_NAME} found; point at a PEFT adapter folder (adapter_config.json + "
         "adapter_model.safetensors) or a kohya .safetensors file"
@@ -181,14 +195,48 @@ def _read_config(folder: Path) -> dict[str, Any]:
     file = folder / CONFIG_NAME
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterError(f"{file}: not valid JSON ({err}); fix or re-save the config") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise AdapterError(f"{file}: not valid JSON ({str(err)[:80]}); fix or re-save the config") from None
     if not isinstance(config, dict):
         raise AdapterError(f"{file}: expected a JSON object; re-save the config with peft")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type not in ("LORA", "ADALORA"):
         raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA or ADALORA; only LoRA is read")
+    _check_config_values(file, config, is_adalora=peft_type == "ADALORA")
     return config
+
+
+def _check_config_values(file: Path, config: Mapping[str, Any], *, is_adalora: bool) -> None:
+    """The fields the scale and the ranks come from have the types peft writes, or one line says which does not."""
+
+    def bad(key: str, value: Any, want: str) -> AdapterError:
+        return AdapterError(f"{file}: {key} is {str(value)[:60]!r}, not {want}; fix it in {CONFIG_NAME}")
+
+    def is_number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    def is_count(x: Any) -> bool:
+        return is_number(x) and x >= 0 and float(x).is_integer()
+
+    for key, check, want in (("r", is_count, "a whole number"), ("lora_alpha", is_number, "a finite number"),
+                             ("init_r", is_count, "a whole number")):  # fmt: skip
+        if key in config and not check(config[key]):
+            raise bad(key, config[key], want)
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict):
+            raise bad(key, pattern, "an object of module patterns")
+        for name, value in pattern.items():
+            if is_adalora and key == "rank_pattern":  # AdaLoRA's masks: one bool per initial rank
+                if not (isinstance(value, list) and all(isinstance(x, bool | int) for x in value)):
+                    raise bad(f"{key}[{name!r}]", value, "a list of booleans")
+                continue
+            if not (is_count(value) if key == "rank_pattern" else is_number(value)):
+                raise bad(f"{key}[{name!r}]", value, "a whole number" if key == "rank_pattern" else "a finite number")
+            try:
+                re.compile(name)
+            except re.error as err:
+                raise bad(f"{key} key", name, f"a valid regular expression ({err})") from None
 
 
 def base_altering_init(config: Mapping[str, Any]) -> str | None:
@@ -213,16 +261,23 @@ def _pattern_value(pattern: Mapping[str, Any], name: str) -> tuple[str, Any] | N
     return None
 
 
-def _split_keys(tensors: Mapping[str, torch.Tensor], regex: re.Pattern, strip: str = "") -> tuple[dict, dict]:
+def _split_keys(
+    file: Path, tensors: Mapping[str, torch.Tensor], regex: re.Pattern, strip: str = ""
+) -> tuple[dict, dict]:
     """Group LoRA tensors by module name; everything else goes to the pass-through dict."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     extra: dict[str, torch.Tensor] = {}
+    adapter_names: dict[str, str] = {}  # adapter name (PEFT keys of unsaved state dicts) -> an example key
     for key, tensor in tensors.items():
         match = regex.match(key[len(strip) :] if strip and key.startswith(strip) else key)
         if match:
             parts.setdefault(match["name"], {})[match["part"]] = tensor
+            adapter_names.setdefault(match.groupdict().get("adapter") or "", key)
         else:
             extra[key] = tensor
+    if len(adapter_names) > 1:
+        examples = ", ".join(repr(k) for k in list(adapter_names.values())[:2])
+        raise AdapterError(f"{file}: holds several adapters ({examples}); save one adapter per file with peft")
     return parts, extra
 
 
@@ -256,6 +311,12 @@ def _check_finite(file: Path, modules: list[LoraModule]) -> None:
 def _no_lora_error(file: Path, tensors: Mapping[str, torch.Tensor]) -> AdapterError:
     if not tensors:
         return AdapterError(f"{file}: holds no tensors; re-export the adapter")
+    lora_like = next((k for k in tensors if any(w in k.lower() for w in ("lora", "hada_", "lokr_", "oft_"))), None)
+    if lora_like is not None:
+        return AdapterError(
+            f"{file}: its tensors (e.g. {lora_like!r}) are in a layout not read here (LyCORIS LoHa/LoKr, OFT or "
+            "old diffusers attention processors); convert it to PEFT (lora_A/lora_B) or kohya (lora_down/lora_up)"
+        )
     example = next(iter(tensors))
     return AdapterError(
         f"{file}: no LoRA tensors found among {len(tensors)} tensors (e.g. {example!r}); this looks like a full "
@@ -268,6 +329,17 @@ def _as_matrices(file: Path, name: str, A: torch.Tensor, B: torch.Tensor) -> tup
     kind = "conv" if A.ndim >= 3 else "linear"
     if A.ndim < 2 or B.ndim < 2:
         raise AdapterError(f"{file}: module {name} has 1-d LoRA factors {tuple(A.shape)}, {tuple(B.shape)}; corrupt")
+    if A.ndim != B.ndim:
+        raise AdapterError(
+            f"{file}: module {name} has factors of {A.ndim} and {B.ndim} dimensions ({tuple(A.shape)}, "
+            f"{tuple(B.shape)}); the file is corrupt or mixes two adapters"
+        )
+    for factor in (A, B):
+        if not factor.is_floating_point() or factor.dtype.itemsize < 2:  # integers, bool, float8
+            raise AdapterError(
+                f"{file}: module {name} has {str(factor.dtype).removeprefix('torch.')} factors; LoRA factors are "
+                "float32, float16 or bfloat16: re-save them in one of those"
+            )
     if A.shape[0] != B.shape[1]:
         raise AdapterError(
             f"{file}: module {name} has A {tuple(A.shape)} and B {tuple(B.shape)} whose inner dimensions "
@@ -295,7 +367,7 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     else:
         tensors, _, buffer = read_safetensors(weights, in_memory=in_memory)
     is_adalora = str(config.get("peft_type")).upper() == "ADALORA"
-    parts, extra = _split_keys(tensors, PEFT_KEY, PEFT_PREFIX)
+    parts, extra = _split_keys(weights, tensors, PEFT_KEY, PEFT_PREFIX)
     if not parts:
         raise _no_lora_error(weights, tensors)
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
@@ -347,6 +419,11 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
         weight_shape = (A.shape[1], B.shape[0])  # Conv1D stores (in, out); spectra are unchanged
     rank_pattern = config.get("rank_pattern") or {}
     alpha = float(config.get("lora_alpha", 8))
+    if not is_adalora and "lora_E" in p:
+        raise AdapterError(
+            f"{file}: module {name} has an AdaLoRA lora_E tensor but the config says peft_type LORA; "
+            "set peft_type to ADALORA (with its init_r) or point at the right adapter"
+        )
     if is_adalora:
         E = p.get("lora_E")
         if E is None:
@@ -375,7 +452,10 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
         )
     matched_alpha = _pattern_value(config.get("alpha_pattern") or {}, name)
     alpha = float(matched_alpha[1]) if matched_alpha else alpha
-    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    if r == 0:
+        scaling = 0.0  # an empty module: its update is zero whatever the scale
+    else:
+        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
 
 
@@ -386,9 +466,14 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         raise AdapterError(
             f"{file}: PEFT weights with no {CONFIG_NAME} beside them (the scale is unknown); copy the config there"
         )
-    parts, extra = _split_keys(tensors, KOHYA_KEY)
+    parts, extra = _split_keys(file, tensors, KOHYA_KEY)
     if not parts:
         raise _no_lora_error(file, tensors)
+    if mid := next((k for k in extra if k.endswith((".lora_mid.weight", ".lora_mid"))), None):
+        raise AdapterError(
+            f"{file}: {mid!r} is a LyCORIS Tucker (lora_mid) factor, not plain LoRA; only lora_down/lora_up "
+            "(kohya) and lora_A/lora_B (PEFT, diffusers) adapters are read"
+        )
     modules = []
     for name, p in parts.items():
         A, B = p.get("lora_down", p.get("lora_A")), p.get("lora_up", p.get("lora_B"))
@@ -399,8 +484,10 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         alpha_t = extra.pop(f"{name}.alpha", None)
         r = A.shape[0]
         alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else 0.0
+        if not math.isfinite(alpha):
+            raise AdapterError(f"{file}: module {name} has alpha {alpha}; set {name}.alpha to a finite number")
         alpha = alpha or float(r)  # kohya reads a missing or zero alpha as alpha = rank (scale 1)
-        modules.append(LoraModule(name, A, B, alpha / r, kind, weight_shape, alpha))
+        modules.append(LoraModule(name, A, B, alpha / r if r else 0.0, kind, weight_shape, alpha))
     config = {"kohya_metadata": metadata}
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     _check_finite(file, modules)

@@ -263,23 +263,38 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
         The written folder.
 
     Raises:
-        ValueError: the target is the source adapter's folder (or inside it).
+        ValueError: no target given; the target is the source adapter's folder, inside it or above it; it
+            holds files that are not an export (even with `overwrite`); a parent of it is a file.
         FileExistsError: the target exists, is not empty and `overwrite` is false.
     """
+    if not str(out_dir).strip():
+        raise ValueError("no output folder given; name a new folder for the compressed adapter")
     out = Path(out_dir).expanduser().resolve()
     if compressed.source:
         source = Path(compressed.source).resolve()
-        # a folder source protects everything inside it; a single-file source protects its own folder
+        # a folder source protects everything inside it; a single-file source protects its own folder; and
+        # replacing a folder above the source would delete the source with it
         is_inside = out == source or (source.is_dir() and source in out.parents)
-        if is_inside or (source.is_file() and out == source.parent):
-            raise ValueError(f"{out}: refusing to write into the source adapter's folder; choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")
+        if is_inside or (source.is_file() and out == source.parent) or out in source.parents:
+            raise ValueError(f"{out}: holds or is the source adapter; choose another folder for the output")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")
+        if others := _not_an_export(out):
+            raise ValueError(
+                f"{out}: holds {others[0]!r}, which no export writes, so it is not replaced; choose another folder"
+            )
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _write_files(compressed, tmp)
+        mask = _umask()
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private: readable as a folder the user made would be
         for file in tmp.iterdir():
+            file.chmod(0o666 & ~mask)
             with file.open("rb") as f:
                 os.fsync(f.fileno())
         if out.exists():
@@ -294,6 +309,27 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", REPORT_NAME)
+
+
+def _not_an_export(folder: Path) -> list[str]:
+    """Entries of `folder` that `save_adapter` never writes: such a folder is the user's, not an old export."""
+    if not folder.is_dir():
+        return [folder.name]
+    return sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, a race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def adapter_zip_bytes(compressed: CompressedAdapter, *, folder_name: str = "adapter") -> bytes:

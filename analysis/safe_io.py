@@ -64,10 +64,12 @@ def check_safetensors_header(path: Path) -> dict:
         raw = f.read(n_header)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise AdapterError(f"{path}: the safetensors header is not valid JSON; the file is corrupt") from None
     if not isinstance(header, dict):
         raise AdapterError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise AdapterError(f"{path}: the safetensors __metadata__ is not a JSON object; the file is corrupt")
     data_size = size - 8 - n_header
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     spans = []
@@ -77,9 +79,9 @@ def check_safetensors_header(path: Path) -> dict:
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in SAFETENSORS_DTYPES:
             raise AdapterError(f"{path}: tensor {key!r} has unsupported dtype {dtype!r}; save it as float32/16")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)):
+        if not (isinstance(shape, list) and all(_is_int(d) and 0 <= d < 2**40 for d in shape)):
             raise AdapterError(f"{path}: tensor {key!r} has an invalid shape {shape!r}; the file is corrupt")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
             raise AdapterError(f"{path}: tensor {key!r} has invalid data offsets; the file is corrupt")
         begin, end = offsets
         if not 0 <= begin <= end <= data_size:
@@ -94,6 +96,11 @@ def check_safetensors_header(path: Path) -> dict:
         if begin_b < end_a:
             raise AdapterError(f"{path}: tensors {key_a!r} and {key_b!r} overlap in the file; the file is corrupt")
     return entries
+
+
+def _is_int(value: object) -> bool:
+    """An integer in a JSON header (JSON's true and false are Python ints too, and no size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 TORCH_DTYPES = {
@@ -200,7 +207,8 @@ def extracted_zip(zip_file: Path) -> Iterator[Path]:
         try:
             with archive:
                 _extract_checked(archive, zip_file, tmp)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as err:
+        # RuntimeError: an encrypted entry (zipfile asks for a password)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError) as err:
             raise AdapterError(f"{zip_file}: cannot extract ({type(err).__name__}: {err}); re-zip it") from None
         yield tmp
     finally:

@@ -114,6 +114,8 @@ def pick_device(device: DeviceName = "auto") -> torch.device:
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='auto' or 'cpu'")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was asked for but torch sees no Apple GPU; use device='auto' or 'cpu'")
     if device not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device must be one of auto, cpu, cuda, mps, got {device!r}")
     return torch.device(device)

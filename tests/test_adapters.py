@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 
@@ -309,3 +310,132 @@ def test_load_adapter_finite_check_is_exact(tmp_path, tiny_peft_dir, dtype):
     assert load_adapter(adapter_with("huge", torch.finfo(dtype).max)).modules
     with pytest.raises(AdapterError, match="NaN or Inf values in module"):
         load_adapter(adapter_with("inf", -float("inf")))
+
+
+def _with_config(folder, **changes):
+    config = json.loads((folder / "adapter_config.json").read_text()) | changes
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _with_raw_config(folder, text: str):
+    (folder / "adapter_config.json").write_text(text)
+
+
+def _with_header(folder, mutate):
+    """Rewrite the safetensors header's JSON (same data bytes) with `mutate(header)`."""
+    raw = (folder / "adapter_model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    mutate(header)
+    text = json.dumps(header).encode()
+    (folder / "adapter_model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+
+
+def _encrypted_zip(folder, archive):
+    """A zip of `folder` whose entries are flagged encrypted (bit 0 of the general purpose flags, set in the
+    local and the central headers): zipfile then asks for a password when it reads one."""
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, f"adapter/{f.name}")
+    data = bytearray(archive.read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = data.find(signature)
+        while start >= 0:
+            data[start + flags_at] |= 0x1
+            start = data.find(signature, start + 4)
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+BAD_INPUTS = {
+    "r null": (lambda f: _with_config(f, r=None), "r is 'None', not a whole number"),
+    "r fraction": (lambda f: _with_config(f, r=7.5), "r is '7.5', not a whole number"),
+    "alpha nan": (
+        lambda f: _with_raw_config(
+            f, (f / "adapter_config.json").read_text().replace('"lora_alpha": 16', '"lora_alpha": NaN')
+        ),
+        "lora_alpha is 'nan', not a finite number",
+    ),  # fmt: skip
+    "rank_pattern list": (lambda f: _with_config(f, rank_pattern=["query"]), "rank_pattern is"),
+    "bad regex": (lambda f: _with_config(f, alpha_pattern={"query(": 4}), "a valid regular expression"),
+    "deep json": (lambda f: _with_raw_config(f, "[" * 50_000 + "]" * 50_000), "not valid JSON"),
+    "int8 factors": (
+        lambda f: _rewrite(f, lambda t: t.update({k: v.to(torch.int8) for k, v in t.items()})),
+        "int8 factors",
+    ),  # fmt: skip
+    "float8 factors": (
+        lambda f: _rewrite(f, lambda t: t.update({k: v.to(torch.float8_e4m3fn) for k, v in t.items()})),
+        "float8_e4m3fn factors",
+    ),  # fmt: skip
+    "two adapters": (
+        lambda f: _rewrite(
+            f, lambda t: t.update({k.replace(".weight", ".other.weight"): v.clone() for k, v in list(t.items())})
+        ),
+        "several adapters",
+    ),  # fmt: skip
+    "lora_E in LoRA": (
+        lambda f: _rewrite(
+            f,
+            lambda t: t.update(
+                {k.replace("lora_A.weight", "lora_E"): torch.ones(8, 1) for k in list(t) if "lora_A" in k}
+            ),
+        ),
+        "lora_E",
+    ),  # fmt: skip
+    "ndim": (
+        lambda f: _rewrite(f, lambda t: t.update({k: v[..., None, None] for k, v in t.items() if "lora_B" in k})),
+        "2 and 4 dimensions",
+    ),  # fmt: skip
+    "metadata list": (lambda f: _with_header(f, lambda h: h.__setitem__("__metadata__", ["x"])), "__metadata__"),
+    "bool shape": (
+        lambda f: _with_header(
+            f, lambda h: next(v for k, v in h.items() if k != "__metadata__").__setitem__("shape", [True, 256])
+        ),
+        "invalid shape",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_load_adapter_refuses_bad_values_in_one_line(tmp_path, tiny_peft_dir, case):
+    mutate, expected = BAD_INPUTS[case]
+    mutate(tiny_peft_dir)
+    with pytest.raises(AdapterError, match=re.escape(expected)) as info:
+        load_adapter(tiny_peft_dir)
+    assert "\n" not in str(info.value) and str(tiny_peft_dir) in str(info.value)
+
+
+def test_load_adapter_names_the_zip_and_refuses_an_encrypted_one(tmp_path, tiny_peft_dir):
+    _with_config(tiny_peft_dir, r=None)
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in tiny_peft_dir.iterdir():
+            z.write(f, f"my-adapter/{f.name}")
+    with pytest.raises(AdapterError, match=re.escape(f"{archive}/my-adapter/adapter_config.json: r is")):
+        load_adapter(archive)
+    with pytest.raises(AdapterError, match="cannot extract"):
+        load_adapter(_encrypted_zip(tiny_peft_dir, tmp_path / "locked.zip"))
+
+
+def test_load_adapter_reads_lycoris_tucker_and_loha_as_clear_refusals(tmp_path, chosen_factors):
+    B, A, _ = chosen_factors
+    prefix = "lora_unet_down_blocks_0_resnets_0_conv1"
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B,
+               f"{prefix}.lora_mid.weight": torch.ones(4, 4, 3, 3)}, tmp_path / "tucker.safetensors")  # fmt: skip
+    with pytest.raises(AdapterError, match="LyCORIS Tucker"):
+        load_adapter(tmp_path / "tucker.safetensors")
+    save_file({f"{prefix}.hada_w1_a": A, f"{prefix}.hada_w1_b": B}, tmp_path / "loha.safetensors")
+    with pytest.raises(AdapterError, match="LoHa"):
+        load_adapter(tmp_path / "loha.safetensors")
+
+
+def test_load_adapter_reads_an_empty_module_as_a_zero_update(tmp_path, tiny_peft_dir):
+    first_a = next(k for k in load_file(tiny_peft_dir / "adapter_model.safetensors") if k.endswith("lora_A.weight"))
+    module = first_a.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+    _rewrite(tiny_peft_dir, lambda t: t.update({first_a: t[first_a][:0], first_a.replace("_A", "_B"): t[
+        first_a.replace("_A", "_B")][:, :0]}))  # fmt: skip
+    _with_config(tiny_peft_dir, rank_pattern={f"^{re.escape(module)}": 0})
+    adapter = load_adapter(tiny_peft_dir)
+    empty = adapter.module(module)
+    assert empty.r == 0 and empty.scaling == 0.0
+    assert adapter_spectra(adapter).spectra[adapter.modules.index(empty)].energy == 0.0

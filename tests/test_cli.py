@@ -46,6 +46,9 @@ def test_cli_user_errors_are_one_line(capsys, tmp_path, tiny_peft_dir):
         ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", str(tiny_peft_dir)),
         ("compress", str(tiny_peft_dir), "--energy", "0.9", "--format", "kohya", "--out", str(tmp_path / "k")),
         ("compress", str(tiny_peft_dir), "--params-fraction", "0", "--out", str(tmp_path / "nothing")),
+        ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", "/proc/lora-rank-lab"),  # not writable: OSError
+        ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", str(tmp_path), "--overwrite"),  # holds the source
+        ("spectra", str(tiny_peft_dir), "--device", "mps"),
     ]
     for argv in cases:
         code, out, err = run(capsys, *argv)

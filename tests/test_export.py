@@ -215,14 +215,34 @@ def test_save_adapter_refuses_source_and_non_empty_target(tmp_path, tiny_peft_di
     with pytest.raises(ValueError, match="source adapter"):
         save_adapter(compressed, tiny_peft_dir, overwrite=True)
     assert {f.name: f.read_bytes() for f in tiny_peft_dir.iterdir()} == before
+    with pytest.raises(ValueError, match="source adapter"):  # above the source: replacing it would delete it
+        save_adapter(compressed, tmp_path, overwrite=True)
+    assert {f.name: f.read_bytes() for f in tiny_peft_dir.iterdir()} == before
+    with pytest.raises(ValueError, match="no output folder"):
+        save_adapter(compressed, "  ", overwrite=True)
     target = tmp_path / "taken"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
         save_adapter(compressed, target)
+    with pytest.raises(ValueError, match="keep.txt"):  # overwrite replaces an earlier export, never other files
+        save_adapter(compressed, target, overwrite=True)
     assert (target / "keep.txt").read_text() == "mine"
-    save_adapter(compressed, target, overwrite=True)
-    assert (target / "adapter_config.json").is_file() and not (target / "keep.txt").exists()
+    earlier = save_adapter(compressed, tmp_path / "earlier")
+    (earlier / "RANKS.md").write_text("an older cut")
+    save_adapter(compressed, earlier, overwrite=True)
+    assert (earlier / "RANKS.md").read_text() == compressed.report
+    with pytest.raises(ValueError, match="is a file"):
+        save_adapter(compressed, target / "keep.txt" / "sub")
+
+
+def test_save_adapter_writes_files_others_can_read(tmp_path, adapter_and_cut):
+    adapter, allocation = adapter_and_cut
+    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
+    mask = export._umask()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # as a folder the user made, not mkdtemp's 0700
+    for file in out.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file.name
 
 
 def test_save_adapter_crash_midway_leaves_nothing(tmp_path, monkeypatch, adapter_and_cut):
