@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 
 import pytest
@@ -10,6 +11,7 @@ from peft import PeftModel
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
+from pages.shared import widgets
 from pages.shared.state import KEY_EXPORT_ZIP
 from tests.builders import make_peft_dir, tiny_bert
 
@@ -145,3 +147,12 @@ def test_uploads_zip_and_folder_and_bad_file_keeps_previous(home, tmp_path):
     folder = [(f"tiny/{f.name}", f.read_bytes(), "application/octet-stream") for f in source.iterdir()]
     home.file_uploader[1].set_value(folder).run()
     assert not home.exception and metric(home, "Modules") == "13" and not home.error
+
+
+def test_an_adapter_file_rewritten_in_place_is_read_again(tiny_peft_dir):
+    weights = tiny_peft_dir / "adapter_model.safetensors"
+    before = widgets._last_change_ns(tiny_peft_dir)
+    folder_mtime = tiny_peft_dir.stat().st_mtime_ns
+    os.utime(weights, ns=(before + 10**9, before + 10**9))  # rewritten in place: the folder's own mtime stays
+    assert tiny_peft_dir.stat().st_mtime_ns == folder_mtime
+    assert widgets._last_change_ns(tiny_peft_dir) == before + 10**9

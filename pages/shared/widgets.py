@@ -62,7 +62,14 @@ def load_path(path: str | Path) -> LoraAdapter:
     path = Path(path).expanduser()
     if not path.exists():
         raise AdapterError(f"{path}: no such file or folder on the server; check the path")
-    return cache.cached_adapter(str(path.resolve()), path.stat().st_mtime_ns)
+    return cache.cached_adapter(str(path.resolve()), _last_change_ns(path))
+
+
+def _last_change_ns(path: Path) -> int:
+    """Latest mtime of `path` and what lies up to two levels in it (a run's adapter/ folder): a file rewritten
+    in place changes its own mtime, not its folder's, and the cache must read it again."""
+    entries = [path, *path.glob("*"), *path.glob("*/*")] if path.is_dir() else [path]
+    return max(p.stat().st_mtime_ns for p in entries if p.exists())
 
 
 def set_adapter(load) -> bool:
