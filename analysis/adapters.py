@@ -85,8 +85,9 @@ class LoraAdapter:
     warnings: tuple[str, ...] = ()
     file_size: int = 0
     """Bytes on disk of the weights file(s)."""
-    kohya_prefixes: Mapping[str, str] = field(default_factory=dict)
-    """kohya only: module name -> original key prefix (e.g. `lora_unet_down_blocks_0_...`)."""
+    single_file_keys: Mapping[str, tuple[str, str, bool]] = field(default_factory=dict)
+    """kohya/diffusers single files only: module name -> (down part, up part, had an alpha), e.g.
+    ("lora_down", "lora_up", True) or ("lora_A", "lora_B", False): the export keeps the file's own layout."""
 
     @property
     def base_model(self) -> str | None:
@@ -474,9 +475,11 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
             f"{file}: {mid!r} is a LyCORIS Tucker (lora_mid) factor, not plain LoRA; only lora_down/lora_up "
             "(kohya) and lora_A/lora_B (PEFT, diffusers) adapters are read"
         )
-    modules = []
+    modules, keys = [], {}
     for name, p in parts.items():
-        A, B = p.get("lora_down", p.get("lora_A")), p.get("lora_up", p.get("lora_B"))
+        down, up = ("lora_down", "lora_up") if "lora_down" in p or "lora_up" in p else ("lora_A", "lora_B")
+        keys[name] = (down, up, f"{name}.alpha" in extra)
+        A, B = p.get(down), p.get(up)
         if A is None or B is None:
             raise AdapterError(f"{file}: module {name} has only half of its down/up pair; corrupt file")
         weight_shape = (B.shape[0], *A.shape[1:])
@@ -499,7 +502,7 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         modules=tuple(modules),
         extra_tensors=extra,
         file_size=file.stat().st_size,
-        kohya_prefixes={m.name: m.name for m in modules},
+        single_file_keys=keys,
     )
 
 

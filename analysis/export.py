@@ -86,14 +86,20 @@ def _peft_tensors(module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> d
     return {f"{prefix}.lora_A.weight": A_k, f"{prefix}.lora_B.weight": B_k}
 
 
-def _kohya_tensors(prefix: str, module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> dict[str, torch.Tensor]:
+def _kohya_tensors(
+    module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor, keys: tuple[str, str, bool]
+) -> dict[str, torch.Tensor]:
+    """The module in its source file's layout: kohya's lora_down/lora_up (+ alpha) or diffusers' lora_A/lora_B."""
     k = A_k.shape[0]
+    down, up, has_alpha = keys
     if module.kind == "conv":
         A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
         B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
-    # alpha = k so that kohya's alpha / rank scale is 1: the scale is already folded into the factors.
-    alpha = torch.tensor(float(k), dtype=A_k.dtype)
-    return {f"{prefix}.lora_down.weight": A_k, f"{prefix}.lora_up.weight": B_k, f"{prefix}.alpha": alpha}
+    tensors = {f"{module.name}.{down}.weight": A_k, f"{module.name}.{up}.weight": B_k}
+    if has_alpha or down == "lora_down":
+        # alpha = k so that kohya's alpha / rank scale is 1: the scale is already folded into the factors.
+        tensors[f"{module.name}.alpha"] = torch.tensor(float(k), dtype=A_k.dtype)
+    return tensors
 
 
 def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
@@ -181,8 +187,8 @@ def compress_adapter(
         factors = map_workers(lambda mk: truncated_factors(mk[0], mk[1], dtype=_factor_dtype(mk[0])), kept)
     for (module, _), (B_k, A_k) in zip(kept, factors, strict=True):
         if format == "kohya":
-            prefix = adapter.kohya_prefixes.get(module.name, module.name)
-            tensors.update(_kohya_tensors(prefix, module, B_k.contiguous(), A_k.contiguous()))
+            keys = adapter.single_file_keys.get(module.name, ("lora_down", "lora_up", True))
+            tensors.update(_kohya_tensors(module, B_k.contiguous(), A_k.contiguous(), keys))
         else:
             tensors.update(_peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
     tensors.update(_passed_through(adapter, allocation, format))

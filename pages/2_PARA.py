@@ -65,7 +65,8 @@ st.dataframe(
 )
 
 st.subheader("Export")
-export_format = st.radio("Format", export_formats(adapter), horizontal=True)
+FORMAT_LABELS = {"peft": "PEFT folder", "kohya": "the file's own layout (kohya / diffusers)"}
+export_format = st.radio("Format", export_formats(adapter), format_func=FORMAT_LABELS.get, horizontal=True)
 download, save = st.columns(2)
 # Built on request for the cut this run shows, kept for it, and offered as bytes: the same bytes get the same
 # file id on every rerun. (A deferred download gets a new id each run, and a run cut short by the slider's next

@@ -169,6 +169,10 @@ def test_export_of_a_single_file_with_model_paths_targets_its_modules(tmp_path, 
     out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
     layers = peft_layers(PeftModel.from_pretrained(tiny_bert(), out))
     assert set(layers) == {n for n, k in allocation.rank_map.items() if k}  # not peft's default targets
+    same_layout = save_adapter(compress_adapter(adapter, allocation, format="kohya"), tmp_path / "same")
+    written = load_file(same_layout / "adapter_model.safetensors")
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in written)  # diffusers' keys, no alpha
+    assert check_round_trip(adapter, allocation, same_layout).max_rel_error < 1e-5
     kohya = tmp_path / "kohya.safetensors"
     B, A = factors_with_sigma([2.0, 1.0])
     prefix = "lora_unet_mid_block_attn1_to_k"
