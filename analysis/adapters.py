@@ -160,13 +160,13 @@ def _find_adapter(path: Path, shown: str) -> Path:
         return path
     if (path / CONFIG_NAME).is_file():
         return path
-    configs = sorted(p.parent for p in path.rglob(CONFIG_NAME))
+    configs = sorted(p.parent for p in _below(path, CONFIG_NAME))
     if len(configs) == 1:
         return configs[0]
     if len(configs) > 1:
         names = ", ".join(str(c.relative_to(path)) for c in configs[:3])
         raise AdapterError(f"{shown}: holds several adapters ({names}); point at one of them")
-    files = sorted(path.rglob("*.safetensors"))
+    files = sorted(_below(path, "*.safetensors"))
     if len(files) == 1:
         return files[0]
     if len(files) > 1:
@@ -176,6 +176,14 @@ def _find_adapter(path: Path, shown: str) -> Path:
         f"{shown}: no {CONFIG_NAME} found; point at a PEFT adapter folder (adapter_config.json + "
         "adapter_model.safetensors) or a kohya .safetensors file"
     )
+
+
+SEARCH_DEPTH = 3  # folder levels searched below the given path: a run's adapter/, a zip's top folder or two
+
+
+def _below(path: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` up to SEARCH_DEPTH levels below `path` (not the whole tree: `/usr` is a path too)."""
+    return [p for depth in range(1, SEARCH_DEPTH + 1) for p in path.glob("/".join(["*"] * (depth - 1) + [pattern]))]
 
 
 def _load_path(path: Path, *, in_memory: bool) -> LoraAdapter:
