@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from analysis.adapters import AdapterError, LoraAdapter, load_adapter
-from analysis.export import compress_adapter, export_formats, save_adapter
+from analysis.export import compress_adapter, save_adapter
 from analysis.para import CutUnit, RankAllocation, allocate_ranks, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, adapter_spectra
 
@@ -111,8 +111,8 @@ def _cmd_compress(adapter: LoraAdapter, args: argparse.Namespace) -> None:
         raise ValueError(
             f"--format kohya needs a kohya input, but {adapter.source} is {adapter.format}; use --format peft"
         )
-    fmt = args.format or export_formats(adapter)[0]  # kohya input writes back as kohya unless asked otherwise
-    out = save_adapter(compress_adapter(adapter, allocation, format=fmt), args.out, overwrite=args.overwrite)
+    compressed = compress_adapter(adapter, allocation, format=args.format)  # None: kohya input stays kohya
+    out = save_adapter(compressed, args.out, overwrite=args.overwrite)
     print(_describe(allocation))
     print(f"wrote {out}")
 
@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--params-fraction", dest="params_fraction", type=float, help="fraction of LoRA params to keep")
     cut.add_argument("--params", type=int, help="number of LoRA params to keep at most")
     cut.add_argument("--mean-rank", dest="mean_rank", type=float, help="mean rank over modules")
-    p.add_argument("--out", required=True, help="output folder (adapter_model.safetensors, its config, RANKS.md)")
+    p.add_argument(
+        "--out", required=True, help="output folder (adapter_model.safetensors, RANKS.md; PEFT: its config)"
+    )
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
     p.add_argument("--format", choices=["peft", "kohya"], help="default: kohya for a kohya input, else peft")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")

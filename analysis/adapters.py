@@ -182,8 +182,9 @@ SEARCH_DEPTH = 3  # folder levels searched below the given path: a run's adapter
 
 
 def _below(path: Path, pattern: str) -> list[Path]:
-    """Files matching `pattern` up to SEARCH_DEPTH levels below `path` (not the whole tree: `/usr` is a path too)."""
-    return [p for depth in range(1, SEARCH_DEPTH + 1) for p in path.glob("/".join(["*"] * (depth - 1) + [pattern]))]
+    """Files matching `pattern` in `path` and up to SEARCH_DEPTH folder levels below it (not the whole tree:
+    `/usr` is a path too)."""
+    return [p for depth in range(SEARCH_DEPTH + 1) for p in path.glob("/".join(["*"] * depth + [pattern]))]
 
 
 def _load_path(path: Path, *, in_memory: bool) -> LoraAdapter:
@@ -494,7 +495,12 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         A, B, kind = _as_matrices(file, name, A, B)
         alpha_t = extra.pop(f"{name}.alpha", None)
         r = A.shape[0]
-        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else 0.0
+        if alpha_t is not None and (alpha_t.numel() != 1 or not alpha_t.is_floating_point()):
+            raise AdapterError(
+                f"{file}: module {name} has an alpha of shape {tuple(alpha_t.shape)} and dtype "
+                f"{str(alpha_t.dtype).removeprefix('torch.')}; {name}.alpha must be one float"
+            )
+        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None else 0.0
         if not math.isfinite(alpha):
             raise AdapterError(f"{file}: module {name} has alpha {alpha}; set {name}.alpha to a finite number")
         alpha = alpha or float(r)  # kohya reads a missing or zero alpha as alpha = rank (scale 1)

@@ -143,14 +143,15 @@ def export_formats(adapter: LoraAdapter) -> list[ExportFormat]:
 
 
 def compress_adapter(
-    adapter: LoraAdapter, allocation: RankAllocation, *, format: ExportFormat = "peft"
+    adapter: LoraAdapter, allocation: RankAllocation, *, format: ExportFormat | None = None
 ) -> CompressedAdapter:
     """Truncate every module to its allocated rank (best rank-k approximation, scale folded in).
 
     Args:
         adapter: the source adapter (not modified).
         allocation: ranks per module, in `adapter.modules` order (from `allocate_ranks` on its spectra).
-        format: "peft" (folder for PeftModel.from_pretrained) or "kohya" (needs a kohya input).
+        format: "peft" (folder for PeftModel.from_pretrained) or "kohya" (a kohya/diffusers input's own
+            layout); default: the first of `export_formats(adapter)`.
 
     Returns:
         Config, tensors and a rank report, ready for `save_adapter` or `adapter_zip_bytes`.
@@ -158,6 +159,7 @@ def compress_adapter(
     Raises:
         ValueError: if the allocation was made for another adapter, or kohya output for a non-kohya input.
     """
+    format = format or export_formats(adapter)[0]
     if format == "kohya" and adapter.format != "kohya":
         raise ValueError(f"format='kohya' needs a kohya input, got {adapter.format}; use format='peft'")
     if format not in ("peft", "kohya"):
@@ -283,7 +285,9 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
         is_inside = out == source or (source.is_dir() and source in out.parents)
         if is_inside or (source.is_file() and out == source.parent) or out in source.parents:
             raise ValueError(f"{out}: holds or is the source adapter; choose another folder for the output")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_file():
+        raise ValueError(f"{out}: is a file, not a folder; choose a folder for the output")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")
         if others := _not_an_export(out):
@@ -293,6 +297,15 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
+    try:
+        _write_atomically(compressed, out)
+    except OSError as err:  # name the target, not the hidden temporary folder beside it
+        raise OSError(f"{out}: cannot write there ({err.strerror or err}); choose a folder you can write to") from None
+    return out
+
+
+def _write_atomically(compressed: CompressedAdapter, out: Path) -> None:
+    """Write into a hidden temporary folder beside `out`, then rename it into place (replacing an old export)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -314,7 +327,6 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", REPORT_NAME)
@@ -322,8 +334,6 @@ EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", REPORT_NAME)
 
 def _not_an_export(folder: Path) -> list[str]:
     """Entries of `folder` that `save_adapter` never writes: such a folder is the user's, not an old export."""
-    if not folder.is_dir():
-        return [folder.name]
     return sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
 
 

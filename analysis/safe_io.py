@@ -209,7 +209,8 @@ def extracted_zip(zip_file: Path) -> Iterator[Path]:
                 _extract_checked(archive, zip_file, tmp)
         # RuntimeError: an encrypted entry (zipfile asks for a password)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError) as err:
-            raise AdapterError(f"{zip_file}: cannot extract ({type(err).__name__}: {err}); re-zip it") from None
+            reason = str(err).replace(str(tmp), str(zip_file))  # name the zip, not the temporary folder
+            raise AdapterError(f"{zip_file}: cannot extract ({type(err).__name__}: {reason}); re-zip it") from None
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -190,13 +190,20 @@ def test_load_adapter_reads_kohya_file(tmp_path, chosen_factors):
     torch.testing.assert_close(m.B @ m.A, B @ A)
 
 
-def test_load_adapter_reads_a_zero_kohya_alpha_as_the_rank(tmp_path, chosen_factors):
+def test_load_adapter_reads_a_zero_kohya_alpha_as_the_rank_and_refuses_odd_ones(tmp_path, chosen_factors):
     B, A, _ = chosen_factors
     prefix = "lora_unet_down_blocks_0_attn1_to_q"
-    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(0.0)},
-              tmp_path / "lora.safetensors")  # fmt: skip
-    (m,) = load_adapter(tmp_path / "lora.safetensors").modules
+
+    def load_with(alpha: torch.Tensor):
+        save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": alpha},
+                  tmp_path / "lora.safetensors")  # fmt: skip
+        return load_adapter(tmp_path / "lora.safetensors")
+
+    (m,) = load_with(torch.tensor(0.0)).modules
     assert m.scaling == 1.0  # kohya's LoRAModule: alpha 0 (or none) means alpha = rank
+    for odd in (torch.tensor([1.0, 2.0, 3.0]), torch.tensor(True), torch.tensor([])):
+        with pytest.raises(AdapterError, match="must be one float"):
+            load_with(odd)
 
 
 def test_load_adapter_passes_a_lora_bias_through(tmp_path):

@@ -166,10 +166,10 @@ def test_export_of_a_single_file_with_model_paths_targets_its_modules(tmp_path, 
     save_file({k.removeprefix("base_model.model."): v for k, v in tensors.items()}, tmp_path / "lora.safetensors")
     adapter = load_adapter(tmp_path / "lora.safetensors")  # diffusers-style keys: model paths, no config
     allocation = allocation_for(adapter, 0.9)
-    out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
+    out = save_adapter(compress_adapter(adapter, allocation, format="peft"), tmp_path / "out")
     layers = peft_layers(PeftModel.from_pretrained(tiny_bert(), out))
     assert set(layers) == {n for n, k in allocation.rank_map.items() if k}  # not peft's default targets
-    same_layout = save_adapter(compress_adapter(adapter, allocation, format="kohya"), tmp_path / "same")
+    same_layout = save_adapter(compress_adapter(adapter, allocation), tmp_path / "same")  # the default
     written = load_file(same_layout / "adapter_model.safetensors")
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in written)  # diffusers' keys, no alpha
     assert check_round_trip(adapter, allocation, same_layout).max_rel_error < 1e-5
@@ -179,7 +179,7 @@ def test_export_of_a_single_file_with_model_paths_targets_its_modules(tmp_path, 
     save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B}, kohya)
     adapter = load_adapter(kohya)
     with pytest.raises(ValueError, match="format='kohya'"):
-        compress_adapter(adapter, allocation_for(adapter, 0.9))
+        compress_adapter(adapter, allocation_for(adapter, 0.9), format="peft")
 
 
 def test_compress_adapter_refuses_an_empty_cut_and_a_base_changing_init(tmp_path, tiny_peft_dir):
@@ -238,6 +238,11 @@ def test_save_adapter_refuses_source_and_non_empty_target(tmp_path, tiny_peft_di
     assert (earlier / "RANKS.md").read_text() == compressed.report
     with pytest.raises(ValueError, match="is a file"):
         save_adapter(compressed, target / "keep.txt" / "sub")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        save_adapter(compressed, target / "keep.txt", overwrite=True)
+    assert (target / "keep.txt").read_text() == "mine"
+    with pytest.raises(OSError, match=r"^/proc/lora-rank-lab: cannot write there"):
+        save_adapter(compressed, "/proc/lora-rank-lab")
 
 
 def test_save_adapter_writes_files_others_can_read(tmp_path, adapter_and_cut):

@@ -217,7 +217,7 @@ def para_perplexities(
     with tempfile.TemporaryDirectory(prefix="para-lm-") as tmp:
         for i, fraction in enumerate(fractions):
             allocation = allocate_ranks(index, fraction, "params_fraction")
-            out = save_adapter(compress_adapter(adapter, allocation), Path(tmp) / f"cut{i}")
+            out = save_adapter(compress_adapter(adapter, allocation, format="peft"), Path(tmp) / f"cut{i}")
             value, base = _adapter_perplexity(base, out, chunks)
             cuts.append({"params_fraction": fraction, "n_lora_params": allocation.n_params_after, "perplexity": value})
     return cuts, base

@@ -104,7 +104,9 @@ def evaluate_cut(
         on_step: progress callback.
     """
     with tempfile.TemporaryDirectory(prefix="para-eval-") as tmp:
-        out = save_adapter(compress_adapter(adapter, allocation), Path(tmp) / "cut")
+        out = save_adapter(
+            compress_adapter(adapter, allocation, format="peft"), Path(tmp) / "cut"
+        )  # read back by peft
         return evaluate_adapter(out, task_name, split=split, run=run, on_step=on_step)
 
 
