@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 
 from analysis.threads import map_workers, numpy_blas_is_single_threaded, outer_threads
@@ -76,18 +77,8 @@ def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
     """
     on_cpu = X.device.type == "cpu"
     if on_cpu and dtype in (torch.float32, torch.float64) and numpy_blas_is_single_threaded():
-        if X.dtype == dtype:
-            a = X.numpy()
-            return torch.from_numpy(a.T @ a if side == "B" else a @ a.T)  # one syrk: (r, r)
-        r = X.shape[1] if side == "B" else X.shape[0]
-        G = torch.zeros(r, r, dtype=dtype).numpy() if 0 in X.shape else None
-        for _, block in _blocks(X, side, dtype):
-            a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
-            if G is None:  # the first block's syrk writes the Gram: no zeroing and adding for one-block factors
-                G = a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
-            else:
-                G += a.T @ a
-        return torch.from_numpy(G)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowed Gram is caught by `cholesky_factors`
+            return _numpy_gram(X, side, dtype)
     if X.dtype == dtype or not on_cpu:
         X = X.to(dtype)  # no copy when X already has this dtype
         return X.T @ X if side == "B" else X @ X.T  # (r, out) @ (out, r) or (r, in) @ (in, r) -> (r, r)
@@ -99,6 +90,22 @@ def side_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
         else:
             G.addmm_(block, block.T)  # G += (r, count) @ (count, r)
     return G
+
+
+def _numpy_gram(X: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
+    """`side_gram` on the CPU through numpy's syrk, upcasting block by block where X is not in `dtype`."""
+    if X.dtype == dtype:
+        a = X.numpy()
+        return torch.from_numpy(a.T @ a if side == "B" else a @ a.T)  # one syrk: (r, r)
+    r = X.shape[1] if side == "B" else X.shape[0]
+    G = torch.zeros(r, r, dtype=dtype).numpy() if 0 in X.shape else None
+    for _, block in _blocks(X, side, dtype):
+        a = block.numpy() if side == "B" else block.numpy().T  # (count, r) view
+        if G is None:  # the first block's syrk writes the Gram: no zeroing and adding for one-block factors
+            G = a.T @ a  # (r, count) @ (count, r) -> (r, r): one syrk
+        else:
+            G += a.T @ a
+    return torch.from_numpy(G)
 
 
 def upcast_matmul(X: torch.Tensor, M: torch.Tensor, side: Side, dtype: torch.dtype) -> torch.Tensor:
@@ -138,17 +145,21 @@ def cholesky_factors(G: torch.Tensor, certify_below: float = 0.0) -> tuple[torch
 
     Returns:
         (L (n, r, r) float64, condition number (n,) float64 (the bound where that is <= certify_below); inf
-        where the factorisation failed or G_s is numerically singular).
+        where the factorisation failed, G_s is numerically singular, or G overflowed or underflowed in its dtype).
     """
+    lowest = torch.finfo(G.dtype).tiny / torch.finfo(G.dtype).eps  # below: the entries lost digits to underflow
     G = G.double()  # a float32 Gram's rounding is its error; factoring it in float64 adds none
     L, info = torch.linalg.cholesky_ex(G)
-    d = G.diagonal(dim1=-2, dim2=-1).sqrt()  # (n, r)
+    diag = G.diagonal(dim1=-2, dim2=-1)  # (n, r)
+    d = diag.sqrt()
+    # overflowed, or so small in the Gram's own dtype that underflow ate its digits: unusable as it is
+    usable = (info == 0) & torch.isfinite(G).all((-2, -1)) & (diag.amin(-1) >= lowest)
     kappa = condition_bound(G, L, d)
-    uncertain = (info == 0) & ~(kappa <= certify_below)
+    uncertain = usable & ~(kappa <= certify_below)
     if uncertain.any():
         exact = uncertain.nonzero().flatten()
         kappa[exact] = _condition_numbers(G[exact] / (d[exact, :, None] * d[exact, None, :]))
-    return L, torch.where(info == 0, kappa, torch.full_like(kappa, float("inf")))
+    return L, torch.where(usable, kappa, torch.full_like(kappa, float("inf")))
 
 
 def condition_bound(G: torch.Tensor, L: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

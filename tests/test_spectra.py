@@ -42,6 +42,20 @@ def test_adapter_spectra_equals_dense_svd(dtype):
         assert s.r == m.r and np.all(np.diff(s.sigma) <= 1e-12)
 
 
+@pytest.mark.parametrize("magnitude", [1e-20, 1e19, 1e25])
+def test_adapter_spectra_and_factors_of_tiny_and_huge_factors(chosen_factors, magnitude):
+    # float32 Grams of these underflow (digits lost, not caught by the condition number) or overflow: both
+    # sides are redone in float64, where the values are exact
+    B, A, sigma = chosen_factors
+    module = LoraModule("m", A * magnitude, B * magnitude, scaling=1.0)
+    spectra = adapter_spectra(adapter_of(module, LoraModule("n", A, B, scaling=1.0)))
+    np.testing.assert_allclose(spectra.spectra[0].sigma, magnitude**2 * np.array(sigma), rtol=1e-6)
+    np.testing.assert_allclose(spectra.spectra[1].sigma, np.array(sigma), rtol=1e-6)
+    B_k, A_k = truncated_factors(module, 2)
+    expected = torch.linalg.svdvals(B_k @ A_k)[:2].numpy()
+    np.testing.assert_allclose(expected, magnitude**2 * np.array(sigma[:2]), rtol=1e-6)
+
+
 def test_adapter_spectra_uses_float64_grams_for_near_dependent_factors():
     g = torch.Generator().manual_seed(1)
     # B nearly rank 2 + tiny noise: a float32 Gram would lose the small singular values, a float64 one does not.
