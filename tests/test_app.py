@@ -142,6 +142,7 @@ def test_uploads_zip_and_folder_and_bad_file_keeps_previous(home, tmp_path):
     assert not home.exception and metric(home, "Modules") == "13"
     home.file_uploader[0].set_value(("bad.safetensors", b"\x00\x01garbage", "application/octet-stream")).run()
     assert "truncated safetensors" in home.error[0].value or "header" in home.error[0].value
+    assert home.error[0].value.startswith("bad.safetensors: ")  # the file the user uploaded, not a temp copy
     assert metric(home, "Modules") == "13"  # the previous upload stays loaded
     home.file_uploader[0].set_value(None).run()
     folder = [(f"tiny/{f.name}", f.read_bytes(), "application/octet-stream") for f in source.iterdir()]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.adapters import LoraAdapter, load_adapter
+from analysis.adapters import AdapterError, LoraAdapter, load_adapter
 from analysis.para import ParaIndex, ParaSweep, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, adapter_spectra
 from analysis.training.catalog import run_of_adapter, split_digest
@@ -42,12 +42,17 @@ def cached_upload(digest: str, _files: tuple[tuple[str, bytes], ...]) -> LoraAda
             name, data = _files[0]
             target = Path(tmp) / f"upload{Path(name).suffix.lower()}"
             target.write_bytes(data)
+            shown = Path(name).name
         else:
             target = Path(tmp) / "adapter"
             target.mkdir()
             for name, data in _files:
                 (target / Path(name).name).write_bytes(data)  # base names only: no paths from the client
-        return load_adapter(target)
+            shown = "upload"
+        try:
+            return load_adapter(target)
+        except AdapterError as err:  # name what the user uploaded, not the temporary copy
+            raise AdapterError(str(err).replace(str(target), shown)) from None
 
 
 def upload_digest(files: tuple[tuple[str, bytes], ...]) -> str:
