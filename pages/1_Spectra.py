@@ -6,9 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from analysis.figures import module_heatmap_figure, spectra_figure, spectra_rows
-from pages.shared.widgets import adapter_or_stop, show_adapter_banner
+from pages.shared.state import KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_SPECTRA_TYPES
+from pages.shared.widgets import adapter_or_stop, initial, keep_settings, show_adapter_banner, subset_of, within
 
 st.set_page_config(page_title="Spectra · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("Spectra")
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)
@@ -18,9 +20,10 @@ types = list(dict.fromkeys(table["type"]))
 layers = sorted(int(x) for x in table["layer"].dropna().unique())
 
 left, right = st.columns(2)
-chosen_types = left.multiselect("Module types", types, default=types)
+chosen_types = left.multiselect("Module types", types, key=initial(KEY_SPECTRA_TYPES, types, subset_of(types)))
+bounds = (layers[0], layers[-1]) if layers else (0, 0)
 layer_range = (
-    right.slider("Layers", layers[0], layers[-1], (layers[0], layers[-1]))
+    right.slider("Layers", *bounds, key=initial(KEY_SPECTRA_LAYERS, bounds, within(*bounds)))
     if len(layers) > 1
     else (layers[0], layers[0])
     if layers
@@ -38,7 +41,7 @@ METRICS = {
     "Effective rank": "effective_rank",
     "Stable rank": "stable_rank",
 }
-metric = st.selectbox("Heat map metric", list(METRICS))
+metric = st.selectbox("Heat map metric", list(METRICS), key=KEY_SPECTRA_METRIC)
 values = dict(zip(table["module"], table[METRICS[metric]], strict=True))
 st.plotly_chart(module_heatmap_figure(values, f"{metric} per module", metric), width="stretch")
 

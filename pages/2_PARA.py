@@ -21,9 +21,17 @@ from analysis.para import allocate_at, cut_position
 from pages.shared import cache
 from pages.shared.compare_widgets import show_cut_evaluation
 from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT, KEY_EXPORT_ZIP
-from pages.shared.widgets import adapter_or_stop, cut_ui, show_adapter_banner, show_cut_metrics
+from pages.shared.widgets import (
+    adapter_or_stop,
+    cut_ui,
+    keep_settings,
+    remember_cut,
+    show_adapter_banner,
+    show_cut_metrics,
+)
 
 st.set_page_config(page_title="PARA · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("PARA: one global cut")
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)
@@ -37,6 +45,7 @@ index = cache.cached_para_index(adapter.fingerprint, spectra)
 value, unit, min_rank = cut_ui(index)
 position = cut_position(index, value, unit)
 allocation = allocate_at(index, position, min_rank=min_rank)
+remember_cut(allocation)
 bytes_per_param = adapter.modules[0].A.element_size() if adapter.modules else 4
 show_cut_metrics(allocation, bytes_per_param)
 
@@ -98,12 +107,14 @@ if save.button("Save", disabled=not target):
     try:
         folder = save_adapter(compress_adapter(adapter, allocation, format=export_format), target, overwrite=overwrite)
         check = check_round_trip(adapter, allocation, folder)
-        st.session_state[KEY_EXPORT_RESULT] = (str(folder), check.max_rel_error, check.tolerance, check.is_ok)
+        cut = (adapter.fingerprint, allocation.ranks)  # the result is shown for this cut only
+        st.session_state[KEY_EXPORT_RESULT] = (cut, str(folder), check.max_rel_error, check.tolerance, check.is_ok)
     except (ValueError, FileExistsError, OSError, AdapterError) as err:
         st.session_state.pop(KEY_EXPORT_RESULT, None)
         st.error(str(err))
-if result := st.session_state.get(KEY_EXPORT_RESULT):
-    folder, max_error, tolerance, is_ok = result
+result = st.session_state.get(KEY_EXPORT_RESULT)
+if result and result[0] == (adapter.fingerprint, allocation.ranks):
+    _, folder, max_error, tolerance, is_ok = result
     if is_ok:
         st.success(
             f"Saved to `{folder}`. Round-trip check passed (max relative error {max_error:.2e}, "

@@ -58,6 +58,31 @@ def test_para_units_switch_and_agree(home):
     assert not home.exception and home.slider[0].label == "log10 τ"
 
 
+def test_settings_survive_a_visit_to_another_page(home):
+    home.switch_page("pages/2_PARA.py").run()
+    home.slider[0].set_value(80.0).run()
+    home.radio(key="min_rank").set_value(1).run()
+    saved = metric(home, "LoRA params")
+    home.switch_page("pages/1_Spectra.py").run()
+    home.selectbox(key="spectra_metric").set_value("Stable rank").run()
+    home.switch_page("pages/2_PARA.py").run()
+    assert home.slider[0].value == 80.0 and home.radio(key="min_rank").value == 1
+    assert metric(home, "LoRA params") == saved
+    home.switch_page("pages/1_Spectra.py").run()
+    assert home.selectbox(key="spectra_metric").value == "Stable rank"
+    assert not home.exception and not home.warning  # no "default value and Session State" clash
+
+
+def test_a_new_cut_unit_starts_at_the_same_cut(home):
+    home.switch_page("pages/2_PARA.py").run()
+    home.slider[0].set_value(75.0).run()  # 139,776 parameters; each unit's own default would keep 2-3x more
+    saved = int(metric(home, "LoRA params").replace(",", ""))
+    for unit in ("Parameter budget (%)", "Mean rank", "Relative threshold τ / σ_max", "Energy kept (%)"):
+        home.selectbox[0].set_value(unit).run()
+        kept = int(metric(home, "LoRA params").replace(",", ""))
+        assert abs(kept - saved) <= 0.02 * saved, unit  # the same cut, up to the new slider's step
+
+
 def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
     home.radio[0].set_value("Folder on the server").run()
     home.text_input[0].input(str(tmp_path / "missing")).run()
@@ -86,6 +111,8 @@ def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
     next(b for b in home.button if b.label == "Save").click().run()
     assert not home.exception
     assert "Round-trip check passed" in home.success[0].value
+    home.slider[0].set_value(70.0).run()
+    assert not home.success  # the result belongs to the cut it was saved at
     exported = load_adapter(out)
     assert exported.n_params < load_adapter(source).n_params
     PeftModel.from_pretrained(tiny_bert(), out)
@@ -140,6 +167,7 @@ def test_uploads_zip_and_folder_and_bad_file_keeps_previous(home, tmp_path):
     home.radio[0].set_value("Upload").run()
     home.file_uploader[0].set_value(("tiny.zip", buffer.getvalue(), "application/zip")).run()
     assert not home.exception and metric(home, "Modules") == "13"
+    assert any("tiny.zip (uploaded)" in m.value for m in home.markdown)  # not the deleted temporary copy
     home.file_uploader[0].set_value(("bad.safetensors", b"\x00\x01garbage", "application/octet-stream")).run()
     assert "truncated safetensors" in home.error[0].value or "header" in home.error[0].value
     assert home.error[0].value.startswith("bad.safetensors: ")  # the file the user uploaded, not a temp copy

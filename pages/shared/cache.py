@@ -7,6 +7,7 @@ Task evaluations are cached per (fingerprint, task, split, split digest[, cut po
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 import threading
@@ -50,9 +51,10 @@ def cached_upload(digest: str, _files: tuple[tuple[str, bytes], ...]) -> LoraAda
                 (target / Path(name).name).write_bytes(data)  # base names only: no paths from the client
             shown = "upload"
         try:
-            return load_adapter(target)
+            adapter = load_adapter(target)
         except AdapterError as err:  # name what the user uploaded, not the temporary copy
             raise AdapterError(str(err).replace(str(target), shown)) from None
+        return dataclasses.replace(adapter, source=f"{shown} (uploaded)")  # the copy is gone after this
 
 
 def upload_digest(files: tuple[tuple[str, bytes], ...]) -> str:

@@ -40,7 +40,7 @@ from pages.shared.state import (
     KEY_EVAL_REQUESTED,
     KEY_PARA_EVAL_SPLIT,
 )
-from pages.shared.widgets import SAMPLES_DIR, runs_dir
+from pages.shared.widgets import SAMPLES_DIR, initial, runs_dir, subset_of
 
 METHOD_NAMES = {
     "para": "PARA",
@@ -88,15 +88,17 @@ def comparison_picker_ui(
     runs = {r.name: r for r in runs_by_task[task]}
     fixed = [name for name, r in runs.items() if fixed_rank(r) is not None]
     default = para_source(list(runs.values()))
+    source_key = initial(
+        f"{KEY_COMPARE_SOURCE}-{folder}-{task}", default.name if default else fixed[0], fixed.__contains__
+    )
     source = cols[1].selectbox(
-        "Fixed-rank run to cut with PARA", fixed, index=fixed.index(default.name) if default else 0,
-        format_func=lambda name: _run_label(runs[name]), key=f"{KEY_COMPARE_SOURCE}-{folder}-{task}",
-    )  # fmt: skip
+        "Fixed-rank run to cut with PARA", fixed, format_func=lambda name: _run_label(runs[name]), key=source_key
+    )
     split = cols[2].radio("Split", ["test", "validation"], horizontal=True, key=KEY_COMPARE_SPLIT)
     others = [name for name in runs if name != source]
     chosen = st.multiselect(
-        "Runs to compare with PARA at their budgets", others, default=others,
-        format_func=lambda name: _run_label(runs[name]), key=f"{KEY_COMPARE_RUNS}-{folder}-{task}-{source}",
+        "Runs to compare with PARA at their budgets", others, format_func=lambda name: _run_label(runs[name]),
+        key=initial(f"{KEY_COMPARE_RUNS}-{folder}-{task}-{source}", others, subset_of(others)),
     )  # fmt: skip
     return task, runs[source], [runs[name] for name in chosen], split
 

@@ -20,3 +20,15 @@ KEY_COMPARE_RUNS = "compare_runs"
 KEY_COMPARE_SPLIT = "compare_split"
 KEY_EVAL_REQUESTED = "eval_requested"  # set of EvalKeys the user asked to evaluate live (results live in the cache)
 KEY_PARA_EVAL_SPLIT = "para_eval_split"
+KEY_SPECTRA_TYPES = "spectra_types"
+KEY_SPECTRA_LAYERS = "spectra_layers"
+KEY_SPECTRA_METRIC = "spectra_metric"
+KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at the same cut
+
+# Widget values kept when the user goes to another page (Streamlit drops the state of widgets a page does not
+# draw): every key starting with one of these. File uploaders cannot be kept (their values cannot be set).
+KEPT_PREFIXES = (
+    KEY_SOURCE, KEY_FOLDER, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK, KEY_EXPORT_DIR, KEY_COMPARE_FOLDER,
+    KEY_COMPARE_TASK, KEY_COMPARE_SOURCE, KEY_COMPARE_RUNS, KEY_COMPARE_SPLIT, KEY_PARA_EVAL_SPLIT,
+    KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC,
+)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -12,7 +13,15 @@ from analysis.adapters import AdapterError, LoraAdapter
 from analysis.para import CutUnit, ParaIndex, RankAllocation
 from analysis.spectra import AdapterSpectra
 from pages.shared import cache
-from pages.shared.state import KEY_ADAPTER, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_LOAD_ERROR, KEY_MIN_RANK
+from pages.shared.state import (
+    KEPT_PREFIXES,
+    KEY_ADAPTER,
+    KEY_CUT_LAST,
+    KEY_CUT_UNIT,
+    KEY_CUT_VALUE,
+    KEY_LOAD_ERROR,
+    KEY_MIN_RANK,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = ROOT / "sample_adapters"
@@ -107,30 +116,91 @@ def show_adapter_banner(adapter: LoraAdapter) -> None:
     st.caption(f"Adapter: `{adapter.source}` · {adapter.format} · {len(adapter.modules)} modules")
 
 
+def keep_settings() -> None:
+    """Keep the session's widget values across pages: call first on every page.
+
+    Streamlit forgets a widget's value at the end of a run that does not draw it; a value written through
+    the Session State API is kept. Widgets with kept keys take no `value`/`index`/`default` argument (that
+    would clash with a value set this way): `initial` sets their first value instead.
+    """
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(KEPT_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
+def initial(key: str, value: object, valid: Callable[[object], bool] = lambda _: True) -> str:
+    """Set the widget at `key` to `value` unless it holds a valid value already; returns `key`."""
+    if key not in st.session_state or not valid(st.session_state[key]):
+        st.session_state[key] = value
+    return key
+
+
+def subset_of(options: list) -> Callable[[object], bool]:
+    """For `initial`: a list of some of `options` (a kept value may belong to another adapter or task)."""
+    allowed = set(options)
+    return lambda chosen: isinstance(chosen, list) and set(chosen) <= allowed
+
+
+def within(low: float, high: float) -> Callable[[object], bool]:
+    """For `initial`: a number, or a (low, high) pair, inside [low, high]."""
+
+    def check(value: object) -> bool:
+        values = value if isinstance(value, tuple | list) else (value,)
+        return bool(values) and all(isinstance(x, int | float) and low <= x <= high for x in values)
+
+    return check
+
+
 def cut_ui(index: ParaIndex, *, key: str = "") -> tuple[float, CutUnit, int]:
     """Unit picker, one slider in that unit, and the min-rank option; returns (value, unit, min_rank)."""
     left, right = st.columns([3, 1])
-    label = left.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key)
+    sliders = _cut_sliders(index)
+    slider_key = f"{KEY_CUT_VALUE}{key}-{{}}"
+
+    def same_cut_in_new_unit() -> None:  # a new unit starts where the cut is, not at its own default
+        unit = CUT_LABELS[st.session_state[KEY_CUT_UNIT + key]]
+        last = st.session_state.get(KEY_CUT_LAST + key, {})  # read now: the cut of the latest run
+        if unit in last:
+            low, high, _, step, _ = sliders[unit]
+            st.session_state[slider_key.format(unit)] = min(max(round(last[unit] / step) * step, low), high)
+
+    label = left.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key, on_change=same_cut_in_new_unit)
     min_rank = right.radio("Minimum rank", [0, 1], horizontal=True, key=KEY_MIN_RANK + key)
     unit = CUT_LABELS[label]
-    slider_key = f"{KEY_CUT_VALUE}{key}-{unit}"
-    if unit == "energy":
-        value = st.slider("Energy kept (%)", 1.0, 100.0, 90.0, 0.1, key=slider_key) / 100
-    elif unit == "params_fraction":
-        value = st.slider("LoRA parameters kept (%)", 0.0, 100.0, 25.0, 0.5, key=slider_key) / 100
-    elif unit == "relative":
-        value = st.slider("τ / σ_max", 0.0, 1.0, 0.1, 0.001, format="%.3f", key=slider_key)
-    elif unit == "mean_rank":
-        r_max = float(max(index.original_ranks, default=1))
-        value = st.slider("Mean rank over modules", 0.0, r_max, min(8.0, r_max), 0.25, key=slider_key)
-    else:
-        positive = index.values[index.values > 0]
-        low = math.floor(math.log10(positive[-1]) * 20) / 20 if positive.size else -3.0
-        high = math.ceil(math.log10(index.sigma_max) * 20) / 20 if positive.size else 0.0
-        start = min(max(math.log10(index.sigma_max * 0.1) if positive.size else low, low), high)
-        exponent = st.slider("log10 τ", low, high, round(start, 2), 0.01, format="%.2f", key=slider_key)
-        value = 10**exponent
+    low, high, start, step, title = sliders[unit]
+    fmt = "%.3f" if unit == "relative" else "%.2f" if unit == "tau" else None
+    key_now = initial(slider_key.format(unit), start, within(low, high))  # a kept value may be another adapter's
+    value = st.slider(title, low, high, step=step, format=fmt, key=key_now)
+    value = value / 100 if unit in ("energy", "params_fraction") else 10**value if unit == "tau" else value
     return value, unit, int(min_rank)
+
+
+def _cut_sliders(index: ParaIndex) -> dict[str, tuple[float, float, float, float, str]]:
+    """Per unit: (low, high, first value, step, title) of its slider; τ runs on a log10 scale."""
+    r_max = float(max(index.original_ranks, default=1))
+    positive = index.values[index.values > 0]
+    low = math.floor(math.log10(positive[-1]) * 20) / 20 if positive.size else -3.0
+    high = math.ceil(math.log10(index.sigma_max) * 20) / 20 if positive.size else 0.0
+    start = min(max(math.log10(index.sigma_max * 0.1) if positive.size else low, low), high)
+    return {
+        "energy": (1.0, 100.0, 90.0, 0.1, "Energy kept (%)"),
+        "params_fraction": (0.0, 100.0, 25.0, 0.5, "LoRA parameters kept (%)"),
+        "relative": (0.0, 1.0, 0.1, 0.001, "τ / σ_max"),
+        "mean_rank": (0.0, r_max, min(8.0, r_max), 0.25, "Mean rank over modules"),
+        "tau": (low, high, round(start, 2), 0.01, "log10 τ"),
+    }
+
+
+def remember_cut(allocation: RankAllocation, *, key: str = "") -> None:
+    """The cut in every slider unit, for `cut_ui` to start a newly picked unit at the same cut."""
+    a = allocation
+    st.session_state[KEY_CUT_LAST + key] = {
+        "energy": 100 * a.energy_kept,
+        "params_fraction": 100 * a.params_fraction,
+        "relative": a.relative_tau,
+        "mean_rank": a.mean_rank,
+        "tau": math.log10(a.tau) if a.tau > 0 else -math.inf,
+    }
 
 
 def show_cut_metrics(allocation: RankAllocation, bytes_per_param: int) -> None:
