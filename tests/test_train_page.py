@@ -75,6 +75,10 @@ def test_train_page_button_starts_a_background_run_and_cancel_stops_it(runs_dir,
     while jobs.is_running(runs_dir, "my-run") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not jobs.is_running(runs_dir, "my-run")
+    at.run()
+    assert jobs.progress(runs_dir, "my-run").state == "cancelled"
+    assert any("my-run was cancelled" in i.value for i in at.info)
+    assert not at.error and not at.code  # no failure and no interrupt traceback for a cancel the user asked for
 
 
 def test_train_page_shows_a_failed_run_as_failed(runs_dir, launched):

@@ -31,7 +31,7 @@ class JobProgress:
 
     name: str
     state: str
-    """"running", "finished", "failed" or "gone" (process ended without a record)."""
+    """"running", "finished", "failed", "cancelled" (by `cancel`) or "gone" (process ended without a record)."""
     step: int = 0
     total: int = 0
     losses: tuple[tuple[int, float], ...] = ()
@@ -53,6 +53,9 @@ def train_command(
         sys.executable, "-m", "analysis.training", "train", "--method", method, "--task", task,
         "--budget-rank", str(budget_rank), "--epochs", str(epochs), "--seed", str(seed), "--out", str(runs_dir / name),
     ]  # fmt: skip
+
+
+CANCELLED = "cancelled"  # marker file in a job's folder: the user cancelled it
 
 
 def _job_dir(runs_dir: Path, name: str) -> Path:
@@ -134,6 +137,8 @@ def progress(runs_dir: Path, name: str) -> JobProgress:
     if state in ("failed", "gone"):
         output = _job_dir(runs_dir, name) / "output.txt"
         text += output.read_text(errors="replace")[-4000:] if output.is_file() and output != log else ""
+    if state in ("failed", "gone") and (_job_dir(runs_dir, name) / CANCELLED).is_file():
+        state = "cancelled"  # asked for: its interrupt traceback is no failure to show
     losses = tuple((int(m[1]), float(m[3])) for m in STEP_LINE.finditer(text))
     step, total = (losses[-1][0], int(STEP_LINE.findall(text)[-1][1])) if losses else (0, 0)
     return JobProgress(name, state, step, total, losses, "\n".join(text.strip().splitlines()[-12:]))
@@ -148,6 +153,7 @@ def cancel(runs_dir: Path, name: str, *, grace_s: float = 10.0) -> bool:
     pid = _pid(runs_dir, name)
     if pid is None or not _alive(pid):
         return False
+    (_job_dir(runs_dir, name) / CANCELLED).touch()
     os.killpg(pid, signal.SIGINT)  # the job leads its own session: its group id is its pid
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(pid):

@@ -76,11 +76,13 @@ def job_panel(runs_dir: Path, name: str) -> None:
             st.rerun()
     elif p.state == "failed":
         st.error(f"{name} failed or was cancelled; its log is in {runs_dir / (name + '.failed')}/log.txt")
+    elif p.state == "cancelled":
+        st.info(f"{name} was cancelled.")
     elif p.state == "gone":
         st.error(f"{name}: the process ended without writing a run record")
     if p.losses:
         st.plotly_chart(loss_figure(list(p.losses)), width="stretch", key=f"loss-{name}")
-    if p.log_tail and p.state != "finished":
+    if p.log_tail and p.state not in ("finished", "cancelled"):
         st.code(p.log_tail, language=None)
 
 
