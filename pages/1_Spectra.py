@@ -33,17 +33,22 @@ shown = table[table["type"].isin(chosen_types)]
 if layer_range is not None:
     in_range = shown["layer"].between(*layer_range) | shown["layer"].isna()
     shown = shown[in_range]
-st.plotly_chart(spectra_figure(spectra, list(shown["module"])), width="stretch")
+if shown.empty:
+    st.info("No module matches the filters: pick a module type or widen the layer range.")
+else:
+    st.plotly_chart(spectra_figure(spectra, list(shown["module"])), width="stretch")
 
-METRICS = {
-    "σ_max": "sigma_max",
-    "Energy share": "energy_share",
-    "Effective rank": "effective_rank",
-    "Stable rank": "stable_rank",
+METRICS = {  # label -> (column, scale for the heat map): the energy share in percent, as in the table
+    "σ_max": ("sigma_max", 1),
+    "Energy share (%)": ("energy_share", 100),
+    "Effective rank": ("effective_rank", 1),
+    "Stable rank": ("stable_rank", 1),
 }
-metric = st.selectbox("Heat map metric", list(METRICS), key=KEY_SPECTRA_METRIC)
-values = dict(zip(table["module"], table[METRICS[metric]], strict=True))
-st.plotly_chart(module_heatmap_figure(values, f"{metric} per module", metric), width="stretch")
+metric = st.selectbox("Heat map metric (the modules shown above)", list(METRICS), key=KEY_SPECTRA_METRIC)
+column, scale = METRICS[metric]
+values = dict(zip(shown["module"], scale * shown[column], strict=True))
+if values:
+    st.plotly_chart(module_heatmap_figure(values, f"{metric} per module", metric), width="stretch")
 
 st.subheader("Modules")
 st.dataframe(

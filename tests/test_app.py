@@ -73,6 +73,15 @@ def test_settings_survive_a_visit_to_another_page(home):
     assert not home.exception and not home.warning  # no "default value and Session State" clash
 
 
+def test_spectra_filters_apply_to_the_heat_map_too(home):
+    home.switch_page("pages/1_Spectra.py").run()
+    home.multiselect(key="spectra_types").set_value(["attention.self.query"]).run()
+    (heat_map,) = [c for c in home.get("plotly_chart") if "per module" in c.proto.spec]
+    assert '"x":["attention.self.query"]' in heat_map.proto.spec.replace(" ", "")  # one column: the type kept
+    home.multiselect(key="spectra_types").set_value([]).run()
+    assert not home.get("plotly_chart") and "No module matches" in home.info[0].value
+
+
 def test_a_new_cut_unit_starts_at_the_same_cut(home):
     home.switch_page("pages/2_PARA.py").run()
     home.slider[0].set_value(75.0).run()  # 139,776 parameters; each unit's own default would keep 2-3x more
