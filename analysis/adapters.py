@@ -220,7 +220,9 @@ def _check_config_values(file: Path, config: Mapping[str, Any], *, is_adalora: b
     """The fields the scale and the ranks come from have the types peft writes, or one line says which does not."""
 
     def bad(key: str, value: Any, want: str) -> AdapterError:
-        return AdapterError(f"{file}: {key} is {str(value)[:60]!r}, not {want}; fix it in {CONFIG_NAME}")
+        shown = json.dumps(value, default=str)  # as the config spells it: null, NaN, "abc"
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return AdapterError(f"{file}: {key} is {shown}, not {want}; fix it in {CONFIG_NAME}")
 
     def is_number(x: Any) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

@@ -355,13 +355,13 @@ def _encrypted_zip(folder, archive):
 
 
 BAD_INPUTS = {
-    "r null": (lambda f: _with_config(f, r=None), "r is 'None', not a whole number"),
-    "r fraction": (lambda f: _with_config(f, r=7.5), "r is '7.5', not a whole number"),
+    "r null": (lambda f: _with_config(f, r=None), "r is null, not a whole number"),
+    "r fraction": (lambda f: _with_config(f, r=7.5), "r is 7.5, not a whole number"),
     "alpha nan": (
         lambda f: _with_raw_config(
             f, (f / "adapter_config.json").read_text().replace('"lora_alpha": 16', '"lora_alpha": NaN')
         ),
-        "lora_alpha is 'nan', not a finite number",
+        "lora_alpha is NaN, not a finite number",
     ),  # fmt: skip
     "rank_pattern list": (lambda f: _with_config(f, rank_pattern=["query"]), "rank_pattern is"),
     "bad regex": (lambda f: _with_config(f, alpha_pattern={"query(": 4}), "a valid regular expression"),
