@@ -45,3 +45,13 @@ def test_para_page_evaluates_the_current_cut_of_a_bundled_run(home):
     assert {m.label: m.value for m in home.metric}["Accuracy at this cut (validation)"] == metrics[
         "Accuracy at this cut (validation)"
     ]
+
+
+def test_compare_page_warns_where_the_source_cannot_reach_a_runs_budget(home):
+    home.switch_page("pages/3_Compare.py").run()
+    home.selectbox(key="compare_task").set_value("bbc-topic").run()
+    source = next(s for s in home.selectbox if s.label == "Fixed-rank run to cut with PARA")
+    source.set_value("minilm-bbc-topic-lora-r8").run()  # rank 8: a quarter of the r=32 run's parameters
+    assert not home.exception
+    (warning,) = [w.value for w in home.warning if "cannot reach the budget" in w.value]
+    assert "minilm-bbc-topic-lora-r32 (1,327,104 LoRA parameters; PARA at most 331,776)" in warning

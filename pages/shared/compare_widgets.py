@@ -163,6 +163,12 @@ def show_accuracy_table(result: TaskComparison) -> None:
                        "Spearman": st.column_config.NumberColumn(format="%.2f"),
                        "L1 distance": st.column_config.NumberColumn(format="%.2f")},
     )  # fmt: skip
+    if short := [r for r in result.runs if r.para.n_params < 0.9 * r.n_params]:
+        st.warning(
+            "PARA's source cannot reach the budget of "
+            + ", ".join(f"{r.run} ({r.n_params:,} LoRA parameters; PARA at most {r.para.n_params:,})" for r in short)
+            + ": those rows are not at matched budgets. Pick a source run with more parameters to compare them."
+        )
     st.caption(
         "Accuracy on the chosen split; PARA − run in percentage points. Spearman ρ of per-module ranks (None "
         "against a uniform allocation, where it is undefined); L1 = Σ|PARA − run| / Σ(PARA + run) over modules, "
