@@ -502,7 +502,7 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
                 f"{file}: module {name} has an alpha of shape {tuple(alpha_t.shape)} and dtype "
                 f"{str(alpha_t.dtype).removeprefix('torch.')}; {name}.alpha must be one float"
             )
-        alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None else 0.0
+        alpha = float(alpha_t) if alpha_t is not None else 0.0  # one float, checked above
         if not math.isfinite(alpha):
             raise AdapterError(f"{file}: module {name} has alpha {alpha}; set {name}.alpha to a finite number")
         alpha = alpha or float(r)  # kohya reads a missing or zero alpha as alpha = rank (scale 1)

@@ -62,7 +62,7 @@ class RoundTrip:
     """Max over modules of ||dW_export - dW_k||_F / ||dW_k||_F (0 for dropped modules that are absent)."""
     n_modules: int
     is_ok: bool
-    tolerance: float = 1e-3
+    tolerance: float = ROUND_TRIP_TOL
     """The bound `max_rel_error` was held to: ROUND_TRIP_TOL, or one unit of a 16-bit export's precision."""
 
 
