@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.training import jobs
-from analysis.training.records import list_runs
+from analysis.training.records import list_runs, read_run
 from pages.shared import train_widgets as tw
 from pages.shared.widgets import SAMPLES_DIR, keep_settings, runs_dir
 
@@ -35,20 +35,27 @@ running = [name for name in launched if jobs.is_running(RUNS_DIR, name)]
 @st.fragment(run_every=REFRESH_S if running else None)
 def live_jobs() -> None:
     names = jobs.jobs(RUNS_DIR)
+    if running and not any(jobs.is_running(RUNS_DIR, name) for name in running):
+        st.rerun()  # the last live run ended: redraw the page once, which also stops the refresh
     if not names:
         return
     st.subheader("Runs started from the app")
     for name in names:
+        if jobs.progress(RUNS_DIR, name).state == "finished":
+            tw.run_summary(read_run(RUNS_DIR / name))
+            continue
         with st.container(border=True):
             tw.job_panel(RUNS_DIR, name)
 
 
 live_jobs()
 
+# Each run is listed once: one started from the app is shown above, with its record or its live state.
+from_app = {record for name in launched for record in (name, f"{name}.failed")}
 for title, folder in (("Bundled runs (sample_adapters/)", SAMPLES_DIR), ("Your runs (runs/)", RUNS_DIR)):
-    records = [r for r in list_runs(folder) if r.name not in running]
+    records = [r for r in list_runs(folder) if folder != RUNS_DIR or r.name not in from_app]
     st.subheader(title)
     if not records:
-        st.info(f"No run records in {folder.name}/ yet.")
+        st.info(f"No {'other ' if folder == RUNS_DIR and launched else ''}run records in {folder.name}/ yet.")
     for run in records:
         tw.run_summary(run)

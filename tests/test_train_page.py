@@ -103,3 +103,29 @@ def test_jobs_progress_parses_steps_and_rejects_bad_names(tmp_path):
     assert jobs.jobs(tmp_path) == ["done"]
     with pytest.raises(ValueError, match="run name"):
         jobs.train_command("../evil", method="lora", task="bbc-topic", budget_rank=8, epochs=1, runs_dir=tmp_path)
+
+
+def ended_job(runs_dir, name: str, record: str, status: str, metrics: dict | None = None) -> None:
+    """A job launched from the app whose process is gone and whose run record is `record`."""
+    folder = runs_dir / record
+    folder.mkdir(parents=True)
+    (folder / "status").write_text(f"{status}\n")
+    (folder / "log.txt").write_text("x step 4/4 loss 0.5\n")
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (runs_dir / f".{name}.job").mkdir()
+    (runs_dir / f".{name}.job" / "job.json").write_text(json.dumps({"pid": 2**22 + 7, "command": []}))
+
+
+def test_a_run_started_from_the_app_is_listed_once(runs_dir, launched):
+    metrics = {"method": "lora", "test": {"accuracy": 0.9}, "n_lora_params": 1000, "wall_time_s": 12.0}
+    metrics["loss_curve"] = [1.0]  # a four-step run logs one point
+    ended_job(runs_dir, "done", "done", "finished", metrics)
+    ended_job(runs_dir, "crashed", "crashed.failed", "failed")
+    at = page()
+    labels = [e.label for e in at.expander]
+    assert labels.count("done · finished") == 1 and not any("crashed" in label for label in labels)
+    assert sum("crashed failed" in e.value for e in at.error) == 1  # its live panel, not a second listing
+    assert any("No other run records in runs/" in i.value for i in at.info)
+    (chart,) = [c for c in at.get("plotly_chart") if '"y":[1.0]' in c.proto.spec.replace(" ", "")]
+    assert '"mode":"lines+markers"' in chart.proto.spec.replace(" ", "")  # one point draws no line

@@ -23,11 +23,13 @@ METHODS = {
 TASKS = {"bbc-topic": "BBC headlines → 5 topics", "tweet-sentiment": "tweets → 3 sentiments"}
 KEY_STARTED = "train_started"
 KEY_FLASH = "train_flash"
+FEW_POINTS = 30
 
 
 def loss_figure(points: list[tuple[int, float]], title: str = "Training loss") -> go.Figure:
-    """A loss-vs-step line chart."""
-    fig = go.Figure(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines", name="loss"))
+    """A loss-vs-step line chart; a short run's few points get markers (one point draws no line)."""
+    mode = "lines+markers" if len(points) <= FEW_POINTS else "lines"
+    fig = go.Figure(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode=mode, name="loss"))
     fig.update_layout(height=260, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title=title)
     fig.update_xaxes(title="step")
     return fig
