@@ -37,11 +37,13 @@ source = st.radio(
 if source == "Bundled sample":
     if samples:
         names = list(samples)
-        current = next((i for i, n in enumerate(names) if adapter and is_sample(adapter, samples[n])), 0)
+        # The loaded sample, or none after a folder or an upload: picking any sample then loads it.
+        st.session_state[KEY_SAMPLE] = next((n for n in names if adapter and is_sample(adapter, samples[n])), None)
         st.selectbox(
             "Sample",
             names,
-            index=current,
+            index=None,
+            placeholder="Pick a sample to load",
             key=KEY_SAMPLE,
             on_change=lambda: set_adapter(lambda: load_path(samples[st.session_state[KEY_SAMPLE]])),
         )

@@ -127,6 +127,19 @@ def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
     PeftModel.from_pretrained(tiny_bert(), out)
 
 
+def test_the_sample_shown_loads_again_after_another_adapter(home, tmp_path):
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(make_peft_dir(tmp_path / "tiny"))).run()
+    home.button[0].click().run()
+    assert metric(home, "Modules") == "13"
+    home.radio[0].set_value("Bundled sample").run()
+    assert home.selectbox(key="sample_choice").value is None  # no sample is loaded: none is shown as chosen
+    assert metric(home, "Modules") == "13"
+    home.selectbox(key="sample_choice").set_value("minilm-bbc-topic-lora-r32").run()
+    assert metric(home, "Modules") == "36" and not home.exception and not home.warning
+    assert home.selectbox(key="sample_choice").value == "minilm-bbc-topic-lora-r32"
+
+
 def test_para_zip_is_built_for_the_current_cut_and_dropped_when_it_moves(home, tmp_path):
     home.switch_page("pages/2_PARA.py").run()
     home.slider[0].set_value(80.0).run()
