@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -101,7 +102,12 @@ if built is not None:
         on_click="ignore",
         type="primary",
     )
-target = save.text_input("Or save to a folder on the server", key=KEY_EXPORT_DIR, placeholder="/path/to/new/folder")
+target = save.text_input(
+    "Or save to a folder on the server",
+    key=KEY_EXPORT_DIR,
+    placeholder="/path/to/new/folder",
+    help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`.",
+)
 overwrite = save.checkbox("Replace a non-empty folder")
 if save.button("Save", disabled=not target):
     try:
