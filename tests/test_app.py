@@ -58,6 +58,17 @@ def test_para_units_switch_and_agree(home):
     assert not home.exception and home.slider[0].label == "log10 τ"
 
 
+def test_a_cut_above_the_largest_value_says_so(home):
+    home.switch_page("pages/2_PARA.py").run()
+    home.selectbox[0].set_value("Parameter budget (%)").run()
+    home.slider[0].set_value(0.0).run()
+    assert metric(home, "τ / σ_max") == "> 1" and metric(home, "τ").startswith("> ")
+    assert metric(home, "LoRA params") == "0"
+    home.selectbox[0].set_value("Relative threshold τ / σ_max").run()
+    home.slider[0].set_value(1.0).run()  # the top component alone: τ is σ_max
+    assert metric(home, "τ / σ_max") == "1.0000" and not metric(home, "τ").startswith(">")
+
+
 def test_settings_survive_a_visit_to_another_page(home):
     home.switch_page("pages/2_PARA.py").run()
     home.slider[0].set_value(80.0).run()

@@ -213,7 +213,8 @@ def show_cut_metrics(allocation: RankAllocation, bytes_per_param: int) -> None:
     row[2].metric("Size saved", f"{(a.n_params_before - a.n_params_after) * bytes_per_param / 1e6:.2f} MB")
     row[3].metric("Energy kept", f"{a.energy_kept:.2%}")
     row = st.columns(4)
-    row[0].metric("τ", f"{a.tau:.4g}")
-    row[1].metric("τ / σ_max", f"{a.relative_tau:.4f}")
+    above = "> " if a.relative_tau > 1 else ""  # a cut above σ_max: no pooled component is kept
+    row[0].metric("τ", f"{above}{a.tau:.4g}")
+    row[1].metric("τ / σ_max", "> 1" if above else f"{a.relative_tau:.4f}")
     row[2].metric("Mean rank", f"{a.mean_rank:.2f}")
     row[3].metric("Relative error ‖ΔW−ΔWₖ‖/‖ΔW‖", f"{a.rel_error:.4f}")
