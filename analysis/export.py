@@ -8,6 +8,7 @@ rename); the source adapter is never touched. No streamlit here.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -52,6 +53,8 @@ class CompressedAdapter:
     allocation: RankAllocation
     source: str = ""
     """The adapter it was made from (save_adapter refuses to write into it)."""
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"format": "pt"})
+    """The safetensors header's `__metadata__` (kohya: the source's, updated for the new ranks)."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +197,43 @@ def compress_adapter(
         else:
             tensors.update(_peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
     tensors.update(_passed_through(adapter, allocation, format))
-    config: dict[str, Any] = {}
-    if format == "peft":
-        config = peft_config(adapter, allocation)
-    return CompressedAdapter(format, config, tensors, rank_report(adapter, allocation), allocation, adapter.source)
+    config = peft_config(adapter, allocation) if format == "peft" else {}
+    metadata = kohya_metadata(adapter, allocation) if format == "kohya" else {"format": "pt"}
+    report = rank_report(adapter, allocation)
+    return CompressedAdapter(format, config, tensors, report, allocation, adapter.source, metadata)
+
+
+# kohya's hashes of the weights: stale once the weights change, and they would name the old file.
+STALE_KOHYA_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
+
+
+def kohya_metadata(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, str]:
+    """The source file's metadata with the ranks of the cut, as kohya's resize_lora.py marks a resized file.
+
+    Training settings, base model and tag counts stay (UIs show them); the network dim and alpha become
+    "Dynamic" (each module has its own, alpha = rank), and the training comment says what PARA kept.
+    """
+    source = adapter.config.get("kohya_metadata") or {}
+    metadata = {k: v for k, v in source.items() if k not in STALE_KOHYA_KEYS}
+    metadata["format"] = metadata.get("format", "pt")
+    if any(k.startswith("ss_") for k in source):  # a kohya-trained file: keep its own keys up to date
+        a = allocation
+        kept = [k for k in a.ranks if k]
+        comment = (
+            f"PARA (LoRA Rank Lab): ranks {min(kept)}-{max(kept)}, {a.params_fraction:.1%} of the LoRA parameters, "
+            f"{a.energy_kept:.2%} of the energy kept"
+        )
+        if old := source.get("ss_training_comment"):
+            comment += f"; {old}"
+        metadata.update(ss_network_dim="Dynamic", ss_network_alpha="Dynamic", ss_training_comment=comment)
+    return metadata
+
+
+def single_file_name(source: str) -> str:
+    """A kohya export's file name: the source file's, with "-para" ("my_lora.safetensors" -> "my_lora-para...")."""
+    name = Path(source).name  # an upload's source reads "my_lora.safetensors (uploaded)"
+    stem = name.split(".safetensors")[0] if ".safetensors" in name else Path(name).stem
+    return f"{stem or 'adapter'}-para.safetensors"
 
 
 def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: ExportFormat) -> dict[str, torch.Tensor]:
@@ -253,7 +289,7 @@ def _excluded(source: str | list[str] | None, dropped: list[str]) -> str | list[
 
 
 def _write_files(compressed: CompressedAdapter, folder: Path) -> None:
-    save_file(dict(compressed.tensors), folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(dict(compressed.tensors), folder / "adapter_model.safetensors", metadata=dict(compressed.metadata))
     if compressed.format == "peft":
         (folder / "adapter_config.json").write_text(json.dumps(compressed.config, indent=2, sort_keys=True) + "\n")
     (folder / REPORT_NAME).write_text(compressed.report)
@@ -352,13 +388,17 @@ def adapter_zip_bytes(compressed: CompressedAdapter, *, folder_name: str = "adap
     """The same files as `save_adapter` writes, as an in-memory zip with one top folder."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        tensors = save_safetensors_bytes(dict(compressed.tensors), {"format": "pt"})
-        archive.writestr(f"{folder_name}/adapter_model.safetensors", tensors)
+        archive.writestr(f"{folder_name}/adapter_model.safetensors", adapter_file_bytes(compressed))
         if compressed.format == "peft":
             config = json.dumps(compressed.config, indent=2, sort_keys=True)
             archive.writestr(f"{folder_name}/adapter_config.json", config)
         archive.writestr(f"{folder_name}/{REPORT_NAME}", compressed.report)
     return buffer.getvalue()
+
+
+def adapter_file_bytes(compressed: CompressedAdapter) -> bytes:
+    """The weights file `save_adapter` writes, in memory: for kohya, the whole adapter in one file."""
+    return save_safetensors_bytes(dict(compressed.tensors), dict(compressed.metadata))
 
 
 def check_round_trip(adapter: LoraAdapter, allocation: RankAllocation, exported: str | Path) -> RoundTrip:

@@ -10,12 +10,14 @@ import streamlit as st
 
 from analysis.adapters import AdapterError
 from analysis.export import (
+    adapter_file_bytes,
     adapter_zip_bytes,
     check_round_trip,
     compress_adapter,
     export_formats,
     peft_config,
     save_adapter,
+    single_file_name,
 )
 from analysis.figures import rank_heatmap_figure, sweep_figure
 from analysis.para import allocate_at, cut_position
@@ -83,20 +85,23 @@ zip_key = (adapter.fingerprint, allocation.ranks, export_format)
 if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != zip_key:
     del st.session_state[KEY_EXPORT_ZIP]  # another cut: free the old zip
     built = None
+single = export_format == "kohya"  # one .safetensors, the way kohya / diffusers users load a LoRA
+file_name = single_file_name(adapter.source) if single else "para-adapter.zip"
 slot = download.empty()  # the build button, then the download in its place
-if built is None and slot.button("Build the compressed adapter (.zip)", type="primary"):
+if built is None and slot.button(f"Build the compressed adapter ({Path(file_name).suffix})", type="primary"):
     try:
-        with st.spinner("Truncating every module and zipping..."):
-            built = (zip_key, adapter_zip_bytes(compress_adapter(adapter, allocation, format=export_format)))
+        with st.spinner("Truncating every module..."):
+            compressed = compress_adapter(adapter, allocation, format=export_format)
+            built = (zip_key, adapter_file_bytes(compressed) if single else adapter_zip_bytes(compressed))
         st.session_state[KEY_EXPORT_ZIP] = built
     except ValueError as err:
         st.error(str(err))
 if built is not None:
     slot.download_button(
-        f"Download para-adapter.zip ({len(built[1]) / 1e6:.2f} MB)",
+        f"Download {file_name} ({len(built[1]) / 1e6:.2f} MB)",
         data=built[1],
-        file_name="para-adapter.zip",
-        mime="application/zip",
+        file_name=file_name,
+        mime="application/octet-stream" if single else "application/zip",
         on_click="ignore",
         type="primary",
     )

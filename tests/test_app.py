@@ -7,13 +7,15 @@ import os
 import zipfile
 
 import pytest
+import torch
 from peft import PeftModel
+from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
 from analysis.adapters import load_adapter
 from pages.shared import widgets
 from pages.shared.state import KEY_EXPORT_ZIP
-from tests.builders import make_peft_dir, tiny_bert
+from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
 
 TIMEOUT = 120
 
@@ -136,6 +138,25 @@ def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
     exported = load_adapter(out)
     assert exported.n_params < load_adapter(source).n_params
     PeftModel.from_pretrained(tiny_bert(), out)
+
+
+def test_a_kohya_file_downloads_as_one_safetensors_named_after_it(home, tmp_path):
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    tensors = {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(4.0)}
+    save_file(tensors, tmp_path / "my_style.safetensors", metadata={"ss_network_dim": "4"})
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(tmp_path / "my_style.safetensors")).run()
+    home.button[0].click().run()
+    home.switch_page("pages/2_PARA.py").run()
+    next(b for b in home.button if b.label == "Build the compressed adapter (.safetensors)").click().run()
+    assert not home.exception
+    (label,) = [d.label for d in home.download_button]
+    assert label.startswith("Download my_style-para.safetensors")
+    (_, ranks, export_format), data = home.session_state[KEY_EXPORT_ZIP]
+    (tmp_path / "download.safetensors").write_bytes(data)
+    exported = load_adapter(tmp_path / "download.safetensors")
+    assert export_format == "kohya" and [m.r for m in exported.modules] == list(ranks)
 
 
 def test_the_sample_shown_loads_again_after_another_adapter(home, tmp_path):

@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import analysis.export as export
 from analysis.adapters import load_adapter
-from analysis.export import adapter_zip_bytes, check_round_trip, compress_adapter, save_adapter
+from analysis.export import (
+    adapter_file_bytes,
+    adapter_zip_bytes,
+    check_round_trip,
+    compress_adapter,
+    save_adapter,
+    single_file_name,
+)
 from analysis.para import allocate_ranks, para_index
 from analysis.spectra import adapter_spectra, truncated_factors
 from tests.builders import factors_with_sigma, make_peft_dir, tiny_bert
@@ -100,6 +108,35 @@ def test_export_adalora_and_rslora_load_as_plain_lora(tmp_path):
         assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
         assert check_round_trip(adapter, allocation, out).max_rel_error < 1e-5
         PeftModel.from_pretrained(tiny_bert(), out)
+
+
+def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path):
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    source_metadata = {
+        "ss_network_dim": "4", "ss_network_alpha": "8", "ss_base_model_version": "sdxl_base_v1-0",
+        "ss_training_comment": "my style", "sshs_model_hash": "0123abcd", "format": "pt",
+    }  # fmt: skip
+    tensors = {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(8.0)}
+    save_file(tensors, tmp_path / "my_style.safetensors", metadata=source_metadata)
+    adapter = load_adapter(tmp_path / "my_style.safetensors")
+    compressed = compress_adapter(adapter, allocation_for(adapter, 2, "mean_rank"))
+    out = save_adapter(compressed, tmp_path / "out")
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        metadata = f.metadata()
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and "sshs_model_hash" not in metadata
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("Dynamic", "Dynamic")
+    assert metadata["ss_training_comment"].startswith("PARA") and metadata["ss_training_comment"].endswith("my style")
+    assert "ranks 2-2, 50.0% of the LoRA parameters" in metadata["ss_training_comment"]
+    (tmp_path / "download.safetensors").write_bytes(adapter_file_bytes(compressed))  # what the app offers
+    with safe_open(tmp_path / "download.safetensors", "pt") as f:
+        assert f.metadata() == metadata and set(f.keys()) == set(load_file(out / "adapter_model.safetensors"))
+    assert single_file_name(adapter.source) == "my_style-para.safetensors"
+    assert single_file_name("my.style.safetensors (uploaded)") == "my.style-para.safetensors"
+    diffusers = {"unet.mid.to_k.lora_A.weight": A, "unet.mid.to_k.lora_B.weight": B}
+    save_file(diffusers, tmp_path / "d.safetensors", metadata={"format": "pt"})
+    adapter = load_adapter(tmp_path / "d.safetensors")
+    assert compress_adapter(adapter, allocation_for(adapter, 2, "mean_rank")).metadata == {"format": "pt"}
 
 
 def test_export_kohya_round_trip(tmp_path):
