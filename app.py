@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.shared.widgets import keep_settings
-
 PAGES = [
     st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/1_Spectra.py", title="Spectra", icon=":material/bar_chart:"),
@@ -19,5 +17,4 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="LoRA Rank Lab", layout="wide")
-keep_settings()  # before any page draws its widgets
 st.navigation(PAGES).run()

@@ -11,11 +11,13 @@ from pages.shared.widgets import (
     bundled_samples,
     current_adapter,
     is_sample,
+    keep_settings,
     load_path,
     set_adapter,
 )
 
 st.set_page_config(page_title="LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("LoRA Rank Lab")
 st.markdown(
     "Load a trained LoRA adapter, see the exact singular spectrum of every module's update `s·B·A`, and "

@@ -7,9 +7,10 @@ import streamlit as st
 
 from analysis.figures import module_heatmap_figure, spectra_figure, spectra_rows
 from pages.shared.state import KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_SPECTRA_TYPES
-from pages.shared.widgets import adapter_or_stop, initial, show_adapter_banner, subset_of, within
+from pages.shared.widgets import adapter_or_stop, initial, keep_settings, show_adapter_banner, subset_of, within
 
 st.set_page_config(page_title="Spectra · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("Spectra")
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)

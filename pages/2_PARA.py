@@ -27,12 +27,14 @@ from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT, KEY_EXPORT_ZIP
 from pages.shared.widgets import (
     adapter_or_stop,
     cut_ui,
+    keep_settings,
     remember_cut,
     show_adapter_banner,
     show_cut_metrics,
 )
 
 st.set_page_config(page_title="PARA · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("PARA: one global cut")
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)

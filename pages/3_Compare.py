@@ -13,9 +13,10 @@ from analysis.training.catalog import classification_runs, fixed_rank
 from analysis.training.comparison import Evaluations, compare_task
 from pages.shared import cache
 from pages.shared import compare_widgets as cw
-from pages.shared.widgets import load_path
+from pages.shared.widgets import keep_settings, load_path
 
 st.set_page_config(page_title="Compare · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("Compare allocations")
 with st.expander("What each method's rank means", expanded=True):
     st.markdown(cw.METHOD_MEANINGS)

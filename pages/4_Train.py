@@ -7,12 +7,13 @@ import streamlit as st
 from analysis.training import jobs
 from analysis.training.records import list_runs, read_run
 from pages.shared import train_widgets as tw
-from pages.shared.widgets import SAMPLES_DIR, runs_dir
+from pages.shared.widgets import SAMPLES_DIR, keep_settings, runs_dir
 
 RUNS_DIR = runs_dir()
 REFRESH_S = 2.0
 
 st.set_page_config(page_title="Train · LoRA Rank Lab", layout="wide")
+keep_settings()
 st.title("Training runs")
 st.markdown(
     "Runs fine-tune all-MiniLM-L6-v2 (offline, CPU by default) on a real task and write a run record: the PEFT "

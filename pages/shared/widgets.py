@@ -117,7 +117,8 @@ def show_adapter_banner(adapter: LoraAdapter) -> None:
 
 
 def keep_settings() -> None:
-    """Keep the session's widget values across pages: app.py calls it on every run, before the page draws.
+    """Keep the session's widget values across pages: call first on every page (in the page's own run: a call
+    in app.py, before `st.navigation` runs the page, does not keep them).
 
     Streamlit forgets a widget's value at the end of a run that does not draw it; a value written through
     the Session State API is kept. Widgets with kept keys take no `value`/`index`/`default` argument (that
