@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--params", type=int, help="number of LoRA params to keep at most")
     cut.add_argument("--mean-rank", dest="mean_rank", type=float, help="mean rank over modules")
     p.add_argument(
-        "--out", required=True, help="output folder (adapter_model.safetensors, RANKS.md; PEFT: its config)"
+        "--out",
+        required=True,
+        help="output folder (adapter_model.safetensors, RANKS.md; PEFT: its config); in kohya format a path "
+        "ending in .safetensors is written as that one file",
     )
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
     p.add_argument("--format", choices=["peft", "kohya"], help="default: kohya for a kohya input, else peft")

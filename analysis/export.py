@@ -300,11 +300,12 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
 
     Args:
         compressed: from `compress_adapter`.
-        out_dir: target folder; PEFT files (or the kohya .safetensors) and RANKS.md go inside.
-        overwrite: replace a non-empty `out_dir`.
+        out_dir: target folder; PEFT files (or the kohya .safetensors) and RANKS.md go inside. A kohya export
+            to a path ending in ".safetensors" is written as that one file instead (its metadata notes the cut).
+        overwrite: replace a non-empty `out_dir` (or the existing file).
 
     Returns:
-        The written folder.
+        The written folder (or file).
 
     Raises:
         ValueError: no target given; the target is the source adapter's folder, inside it or above it; it
@@ -314,6 +315,11 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     if not str(out_dir).strip():
         raise ValueError("no output folder given; name a new folder for the compressed adapter")
     out = Path(out_dir).expanduser().resolve()
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
+    if compressed.format == "kohya" and out.suffix == ".safetensors":
+        return _save_single_file(compressed, out, overwrite=overwrite)
     if compressed.source:
         source = Path(compressed.source).resolve()
         # a folder source protects everything inside it; a single-file source protects its own folder; and
@@ -330,12 +336,38 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
             raise ValueError(
                 f"{out}: holds {others[0]!r}, which no export writes, so it is not replaced; choose another folder"
             )
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
     try:
         _write_atomically(compressed, out)
     except OSError as err:  # name the target, not the hidden temporary folder beside it
+        raise OSError(f"{out}: cannot write there ({err.strerror or err}); choose a folder you can write to") from None
+    return out
+
+
+def _save_single_file(compressed: CompressedAdapter, out: Path, *, overwrite: bool) -> Path:
+    """A kohya export to a path ending in .safetensors: the one file kohya tools load, as resize_lora.py writes.
+
+    Written to a hidden temporary file beside `out`, then renamed into place; the source file is never the target.
+    """
+    if compressed.source and out == Path(compressed.source).resolve():
+        raise ValueError(f"{out}: is the source adapter; choose another file name for the output")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; name a new .safetensors file, or a folder without that suffix")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: exists; choose another file name or pass overwrite")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+        os.close(handle)
+        tmp = Path(name)
+        try:
+            save_file(dict(compressed.tensors), tmp, metadata=dict(compressed.metadata))
+            tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as err:  # name the target, not the hidden temporary file beside it
         raise OSError(f"{out}: cannot write there ({err.strerror or err}); choose a folder you can write to") from None
     return out
 

@@ -111,7 +111,8 @@ target = save.text_input(
     "Or save to a folder on the server",
     key=KEY_EXPORT_DIR,
     placeholder="/path/to/new/folder",
-    help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`.",
+    help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`."
+    + (" A path ending in `.safetensors` is saved as that one file." if single else ""),
 )
 overwrite = save.checkbox("Replace a non-empty folder")
 if save.button("Save", disabled=not target):

@@ -67,3 +67,26 @@ def test_cli_compress_writes_a_kohya_input_back_as_kohya(capsys, tmp_path):
     assert code == 0, err
     assert load_file(tmp_path / "out" / "adapter_model.safetensors")[f"{prefix}.lora_down.weight"].shape == (2, 40)
     assert not (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_cli_compress_writes_one_kohya_file_where_out_names_one(capsys, tmp_path):
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    prefix = "lora_unet_mid_block_attn1_to_k"
+    source = tmp_path / "in.safetensors"
+    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(4.0)},
+              source)  # fmt: skip
+    original = source.read_bytes()
+    out = tmp_path / "loras" / "in-para.safetensors"
+    code, stdout, err = run(capsys, "compress", str(source), "--mean-rank", "2", "--out", str(out))
+    assert code == 0 and out.is_file() and f"wrote {out}" in stdout, err
+    assert load_adapter(out).modules[0].r == 2 and [p.name for p in out.parent.iterdir()] == [out.name]
+    code, _, err = run(capsys, "compress", str(source), "--mean-rank", "1", "--out", str(out))
+    assert code == 2 and "exists" in err and load_adapter(out).modules[0].r == 2  # kept without --overwrite
+    code, _, err = run(capsys, "compress", str(source), "--mean-rank", "1", "--out", str(out), "--overwrite")
+    assert code == 0 and load_adapter(out).modules[0].r == 1
+    code, _, err = run(capsys, "compress", str(source), "--mean-rank", "1", "--out", str(source), "--overwrite")
+    assert code == 2 and "is the source adapter" in err and source.read_bytes() == original
+    taken = tmp_path / "taken.safetensors"
+    taken.mkdir()
+    code, _, err = run(capsys, "compress", str(source), "--mean-rank", "1", "--out", str(taken))
+    assert code == 2 and "is a folder" in err
