@@ -28,7 +28,11 @@ adapter = current_adapter()
 samples = bundled_samples()
 
 source = st.radio(
-    "Adapter source", ["Bundled sample", "Folder on the server", "Upload"], horizontal=True, key=KEY_SOURCE
+    "Adapter source",
+    ["Bundled sample", "Folder on the server", "Upload"],
+    horizontal=True,
+    key=KEY_SOURCE,
+    on_change=lambda: st.session_state.pop(KEY_LOAD_ERROR, None),  # an error belongs to the source it came from
 )
 if source == "Bundled sample":
     if samples:

@@ -18,7 +18,7 @@ st.title("Training runs")
 st.markdown(
     "Runs fine-tune all-MiniLM-L6-v2 (offline, CPU by default) on a real task and write a run record: the PEFT "
     "adapter, `metrics.json`, `allocation.json`, `splits.json` and a log. A run started here is the CLI "
-    "`python -m analysis.training train ...` in a background process, saved under `runs/`; it keeps going if "
+    f"`python -m analysis.training train ...` in a background process, saved under `{RUNS_DIR}`; it keeps going if "
     "you leave the page. On 2 CPU cores one epoch of `bbc-topic` takes about 15 s to a minute (ALoRA's "
     "scoring rounds add minutes); `tweet-sentiment` is about 8x larger."
 )
@@ -52,7 +52,7 @@ live_jobs()
 
 # Each run is listed once: one started from the app is shown above, with its record or its live state.
 from_app = {record for name in launched for record in (name, f"{name}.failed")}
-for title, folder in (("Bundled runs (sample_adapters/)", SAMPLES_DIR), ("Your runs (runs/)", RUNS_DIR)):
+for title, folder in (("Bundled runs (sample_adapters/)", SAMPLES_DIR), (f"Your runs ({RUNS_DIR.name}/)", RUNS_DIR)):
     records = [r for r in list_runs(folder) if folder != RUNS_DIR or r.name not in from_app]
     st.subheader(title)
     if not records:

@@ -118,6 +118,8 @@ def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
     home.text_input[0].input(str(broken)).run()
     home.button[0].click().run()
     assert "not valid JSON" in home.error[0].value and metric(home, "Modules") == "36"
+    home.radio[0].set_value("Bundled sample").run()
+    assert not home.error  # the folder's error went with the folder source
 
 
 def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):

@@ -20,7 +20,7 @@ TIMEOUT = 60
 
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "runs"
+    folder = tmp_path / "lab-runs"
     monkeypatch.setenv("LORA_LAB_RUNS_DIR", str(folder))
     return folder
 
@@ -63,6 +63,8 @@ def test_train_page_button_starts_a_background_run_and_cancel_stops_it(runs_dir,
     assert cmd[cmd.index("--method") + 1] == "alora" and cmd[cmd.index("--budget-rank") + 1] == "8"
     assert cmd[cmd.index("--out") + 1] == str(runs_dir / "my-run")
     assert jobs.is_running(runs_dir, "my-run")
+    assert "Started my-run: `python -m analysis.training train" in at.success[0].value
+    assert any(h.value == "Your runs (lab-runs/)" for h in at.subheader)  # the folder runs go to, by name
     # the run's temp folder logs progress as the real CLI does
     partial = runs_dir / ".my-run.partial-abc"
     partial.mkdir()
@@ -126,6 +128,6 @@ def test_a_run_started_from_the_app_is_listed_once(runs_dir, launched):
     labels = [e.label for e in at.expander]
     assert labels.count("done · finished") == 1 and not any("crashed" in label for label in labels)
     assert sum("crashed failed" in e.value for e in at.error) == 1  # its live panel, not a second listing
-    assert any("No other run records in runs/" in i.value for i in at.info)
+    assert any("No other run records in lab-runs/" in i.value for i in at.info)
     (chart,) = [c for c in at.get("plotly_chart") if '"y":[1.0]' in c.proto.spec.replace(" ", "")]
     assert '"mode":"lines+markers"' in chart.proto.spec.replace(" ", "")  # one point draws no line

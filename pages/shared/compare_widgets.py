@@ -67,10 +67,17 @@ METHOD_MEANINGS = (
 
 
 def runs_folder_ui() -> Path:
-    """Where to look for run records: the bundled runs or the Train page's runs/."""
-    folders = {"Bundled runs (sample_adapters/)": SAMPLES_DIR, "Your runs (runs/)": runs_dir()}
-    label = st.radio("Runs", list(folders), horizontal=True, key=KEY_COMPARE_FOLDER)
-    return folders[label]
+    """Where to look for run records: the bundled runs or the Train page's runs folder."""
+    folders = {"bundled": SAMPLES_DIR, "yours": runs_dir()}
+    titles = {"bundled": "Bundled runs", "yours": "Your runs"}
+    choice = st.radio(
+        "Runs",
+        list(folders),
+        format_func=lambda key: f"{titles[key]} ({folders[key].name}/)",
+        horizontal=True,
+        key=KEY_COMPARE_FOLDER,
+    )
+    return folders[choice]
 
 
 def _run_label(run: RunRecord) -> str:

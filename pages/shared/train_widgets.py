@@ -63,7 +63,7 @@ def start_form(runs_dir: Path) -> None:
     except (ValueError, OSError) as err:
         st.error(str(err))
         return
-    st.session_state[KEY_FLASH] = f"Started {name}: `{' '.join(command[1:])}`"
+    st.session_state[KEY_FLASH] = f"Started {name}: `python {' '.join(command[1:])}`"
 
 
 def job_panel(runs_dir: Path, name: str) -> None:

@@ -209,7 +209,8 @@ def show_cut_metrics(allocation: RankAllocation, bytes_per_param: int) -> None:
     a = allocation
     saved = 1 - a.params_fraction
     row = st.columns(4)
-    row[0].metric("LoRA params", f"{a.n_params_after:,}", f"of {a.n_params_before:,}", delta_color="off")
+    total = f"of {a.n_params_before:,}"
+    row[0].metric("LoRA params", f"{a.n_params_after:,}", total, delta_color="off", delta_arrow="off")  # no rise
     row[1].metric("Params saved", f"{saved:.1%}")
     row[2].metric("Size saved", f"{(a.n_params_before - a.n_params_after) * bytes_per_param / 1e6:.2f} MB")
     row[3].metric("Energy kept", f"{a.energy_kept:.2%}")
