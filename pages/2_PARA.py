@@ -110,7 +110,7 @@ if built is not None:
 target = save.text_input(
     "Or save to a folder on the server",
     key=KEY_EXPORT_DIR,
-    placeholder="/path/to/new/folder",
+    placeholder=f"/path/to/{file_name}" if single else "/path/to/new/folder",
     help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`."
     + (" A path ending in `.safetensors` is saved as that one file." if single else ""),
 )
