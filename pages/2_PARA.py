@@ -114,7 +114,7 @@ target = save.text_input(
     help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`."
     + (" A path ending in `.safetensors` is saved as that one file." if single else ""),
 )
-overwrite = save.checkbox("Replace a non-empty folder")
+overwrite = save.checkbox("Replace an existing file" if single else "Replace a non-empty folder")
 if save.button("Save", disabled=not target):
     try:
         folder = save_adapter(compress_adapter(adapter, allocation, format=export_format), target, overwrite=overwrite)
