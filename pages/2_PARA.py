@@ -114,7 +114,9 @@ target = save.text_input(
     help=f"A relative path starts from the folder the app runs in, `{Path.cwd()}`."
     + (" A path ending in `.safetensors` is saved as that one file." if single else ""),
 )
-overwrite = save.checkbox("Replace an existing file" if single else "Replace a non-empty folder")
+overwrite = save.checkbox(
+    "Replace an earlier export", help="Replaces only the file named, or a folder that holds an earlier export alone."
+)
 if save.button("Save", disabled=not target):
     try:
         folder = save_adapter(compress_adapter(adapter, allocation, format=export_format), target, overwrite=overwrite)
