@@ -1,7 +1,8 @@
 """LoRA Rank Lab: `streamlit run app.py`.
 
-The entry point only sets up what every page shares and routes to pages/: Home (pick or upload an adapter),
-Spectra, PARA (drag the global cut and export), Compare (PARA against adaptive-rank runs) and Train.
+The entry point sets the page layout and routes to pages/ (paths relative to this file): Home (pick or
+upload an adapter), Spectra, PARA (drag the global cut and export), Compare (PARA against adaptive-rank runs)
+and Train. Each page keeps its settings itself (`keep_settings` must run in the page's own run).
 """
 
 from __future__ import annotations
