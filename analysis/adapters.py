@@ -510,6 +510,12 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
     config = {"kohya_metadata": metadata}
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     _check_finite(file, modules)
+    warnings = []
+    if any(k.endswith(".dora_scale") for k in extra):
+        warnings.append(
+            "DoRA adapter (dora_scale): spectra show the direction part s*B@A only; the magnitudes are passed "
+            "through, and a module cut to rank 0 loses its own"
+        )
     return LoraAdapter(
         source=str(file),
         fingerprint=fingerprint,
@@ -519,6 +525,7 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         extra_tensors=extra,
         file_size=file.stat().st_size,
         single_file_keys=keys,
+        warnings=tuple(warnings),
     )
 
 

@@ -8,6 +8,7 @@ rename); the source adapter is never touched. No streamlit here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save as save_safetensors_bytes
 from safetensors.torch import save_file
 
@@ -101,7 +103,7 @@ def _kohya_tensors(
     tensors = {f"{module.name}.{down}.weight": A_k, f"{module.name}.{up}.weight": B_k}
     if has_alpha or down == "lora_down":
         # alpha = k so that kohya's alpha / rank scale is 1: the scale is already folded into the factors.
-        tensors[f"{module.name}.alpha"] = torch.tensor(float(k), dtype=A_k.dtype)
+        tensors[f"{module.name}.alpha"] = torch.tensor(float(k))  # float32: bfloat16 would round ranks above 256
     return tensors
 
 
@@ -203,18 +205,21 @@ def compress_adapter(
     return CompressedAdapter(format, config, tensors, report, allocation, adapter.source, metadata)
 
 
-# kohya's hashes of the weights: stale once the weights change, and they would name the old file.
-STALE_KOHYA_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
+# Metadata that describes the old weights: kohya's and modelspec's hashes (they would name the old file), and
+# diffusers' LoraConfig of the old ranks and alphas (diffusers builds the config from it when it is there;
+# without it, it reads the ranks from the shapes and, with no alphas, scale 1, as the export needs).
+STALE_METADATA_KEYS = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256", "lora_adapter_metadata")
 
 
 def kohya_metadata(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, str]:
     """The source file's metadata with the ranks of the cut, as kohya's resize_lora.py marks a resized file.
 
     Training settings, base model and tag counts stay (UIs show them); the network dim and alpha become
-    "Dynamic" (each module has its own, alpha = rank), and the training comment says what PARA kept.
+    "Dynamic" (each module has its own, alpha = rank), the training comment says what PARA kept, and what
+    describes the old weights goes (`STALE_METADATA_KEYS`).
     """
     source = adapter.config.get("kohya_metadata") or {}
-    metadata = {k: v for k, v in source.items() if k not in STALE_KOHYA_KEYS}
+    metadata = {k: v for k, v in source.items() if k not in STALE_METADATA_KEYS}
     metadata["format"] = metadata.get("format", "pt")
     if any(k.startswith("ss_") for k in source):  # a kohya-trained file: keep its own keys up to date
         a = allocation
@@ -242,9 +247,8 @@ def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: Ex
     A dropped module's tensors go with it (peft would report them as unexpected keys). peft multiplies a LoRA
     bias by the module's scale, like B @ A; the export's scale is 1, so the bias takes the scale in.
     """
-    dropped = tuple(
-        PEFT_PREFIX + m.name + "." for m, k in zip(adapter.modules, allocation.ranks, strict=True) if not k
-    )
+    prefix = "" if adapter.format == "kohya" else PEFT_PREFIX  # kohya keys are the module names themselves
+    dropped = tuple(prefix + m.name + "." for m, k in zip(adapter.modules, allocation.ranks, strict=True) if not k)
     scales = {f"{PEFT_PREFIX}{m.name}.lora_B.bias": m.scaling for m in adapter.modules} if format == "peft" else {}
     return {
         key: (t * scales[key] if key in scales else t).contiguous()
@@ -301,25 +305,55 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     Args:
         compressed: from `compress_adapter`.
         out_dir: target folder; PEFT files (or the kohya .safetensors) and RANKS.md go inside. A kohya export
-            to a path ending in ".safetensors" is written as that one file instead (its metadata notes the cut).
+            to a path ending in ".safetensors" (no trailing slash) is written as that one file instead (its
+            metadata notes the cut).
         overwrite: replace a non-empty `out_dir` (or the existing file).
 
     Returns:
         The written folder (or file).
 
     Raises:
-        ValueError: no target given; the target is the source adapter's folder, inside it or above it; it
-            holds files that are not an export (even with `overwrite`); a parent of it is a file.
+        ValueError: no target given; the target is the source adapter (or its folder), inside it or above
+            it; it holds files that are not an export (even with `overwrite`); a parent of it is a file.
         FileExistsError: the target exists, is not empty and `overwrite` is false.
+        OSError: the target cannot be written (one line naming it); folders this call made are removed.
     """
     if not str(out_dir).strip():
         raise ValueError("no output folder given; name a new folder for the compressed adapter")
-    out = Path(out_dir).expanduser().resolve()
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
-    if compressed.format == "kohya" and out.suffix == ".safetensors":
-        return _save_single_file(compressed, out, overwrite=overwrite)
+    try:
+        out = Path(out_dir).expanduser().resolve()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise ValueError(f"{out_dir}: is a symlink loop; choose another path for the output") from None
+    as_file = compressed.format == "kohya" and out.suffix.lower() == ".safetensors"
+    as_file = as_file and not str(out_dir).endswith(("/", os.sep))  # a trailing slash asks for a folder
+    try:
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"{out}: {parent} is a file, not a folder; choose another place for the output")
+        (_check_file_target if as_file else _check_folder_target)(compressed, out, overwrite)
+    except (ValueError, FileExistsError):
+        raise
+    except OSError as err:  # e.g. a parent folder that cannot be entered
+        raise _write_error(out, err) from None
+    made: list[Path] = []
+    try:
+        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this call creates
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (_write_file if as_file else _write_folder)(compressed, out)
+    except (OSError, SafetensorError) as err:  # name the target, not the hidden temporary beside it
+        for folder in made:  # deepest first; only empty ones, so nothing that was there goes
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise _write_error(out, err) from None
+    return out
+
+
+def _write_error(out: Path, err: Exception) -> OSError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return OSError(f"{out}: cannot write there ({reason}); choose a folder you can write to")
+
+
+def _check_folder_target(compressed: CompressedAdapter, out: Path, overwrite: bool) -> None:
     if compressed.source:
         source = Path(compressed.source).resolve()
         # a folder source protects everything inside it; a single-file source protects its own folder; and
@@ -336,46 +370,44 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
             raise ValueError(
                 f"{out}: holds {others[0]!r}, which no export writes, so it is not replaced; choose another folder"
             )
-    try:
-        _write_atomically(compressed, out)
-    except OSError as err:  # name the target, not the hidden temporary folder beside it
-        raise OSError(f"{out}: cannot write there ({err.strerror or err}); choose a folder you can write to") from None
-    return out
 
 
-def _save_single_file(compressed: CompressedAdapter, out: Path, *, overwrite: bool) -> Path:
-    """A kohya export to a path ending in .safetensors: the one file kohya tools load, as resize_lora.py writes.
-
-    Written to a hidden temporary file beside `out`, then renamed into place; the source file is never the target.
-    """
+def _check_file_target(compressed: CompressedAdapter, out: Path, overwrite: bool) -> None:
+    """A kohya export to one .safetensors file, as resize_lora.py writes it; the source is never the target."""
     if compressed.source and out == Path(compressed.source).resolve():
         raise ValueError(f"{out}: is the source adapter; choose another file name for the output")
     if out.is_dir():
         raise ValueError(f"{out}: is a folder; name a new .safetensors file, or a folder without that suffix")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists; choose another file name or pass overwrite")
+
+
+MAX_NAME_IN_TEMP = 64  # of the target's name in a temporary's: a 255-byte target name must still work
+
+
+def _temp_prefix(out: Path, kind: str = "partial") -> str:
+    """The hidden temporary's name prefix: the target's name, cut so that the whole stays a valid file name."""
+    return f".{out.name[:MAX_NAME_IN_TEMP]}.{kind}-"
+
+
+def _write_file(compressed: CompressedAdapter, out: Path) -> None:
+    """Write the one file to a hidden temporary file beside `out`, then rename it into place."""
+    handle, name = tempfile.mkstemp(prefix=_temp_prefix(out), dir=out.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
-        os.close(handle)
-        tmp = Path(name)
-        try:
-            save_file(dict(compressed.tensors), tmp, metadata=dict(compressed.metadata))
-            tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as err:  # name the target, not the hidden temporary file beside it
-        raise OSError(f"{out}: cannot write there ({err.strerror or err}); choose a folder you can write to") from None
-    return out
+        save_file(dict(compressed.tensors), tmp, metadata=dict(compressed.metadata))
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _write_atomically(compressed: CompressedAdapter, out: Path) -> None:
+def _write_folder(compressed: CompressedAdapter, out: Path) -> None:
     """Write into a hidden temporary folder beside `out`, then rename it into place (replacing an old export)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), dir=out.parent))
     try:
         _write_files(compressed, tmp)
         mask = _umask()
@@ -385,7 +417,7 @@ def _write_atomically(compressed: CompressedAdapter, out: Path) -> None:
             with file.open("rb") as f:
                 os.fsync(f.fileno())
         if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            backup = Path(tempfile.mkdtemp(prefix=_temp_prefix(out, "old"), dir=out.parent))
             backup.rmdir()
             out.rename(backup)
             tmp.rename(out)

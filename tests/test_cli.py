@@ -7,8 +7,10 @@ import io
 import json
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+import analysis.export as export
 from analysis.__main__ import main
 from analysis.adapters import load_adapter
 from tests.builders import factors_with_sigma
@@ -90,3 +92,29 @@ def test_cli_compress_writes_one_kohya_file_where_out_names_one(capsys, tmp_path
     taken.mkdir()
     code, _, err = run(capsys, "compress", str(source), "--mean-rank", "1", "--out", str(taken))
     assert code == 2 and "is a folder" in err
+
+
+def test_cli_single_file_paths_and_write_failures_are_handled(capsys, tmp_path, monkeypatch):
+    B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
+    source = tmp_path / "in.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": A, "lora_unet_x.lora_up.weight": B}, source)
+    cut = ("compress", str(source), "--mean-rank", "2", "--out")
+    assert (
+        run(capsys, *cut, str(tmp_path / "UPPER.SAFETENSORS"))[0] == 0 and (tmp_path / "UPPER.SAFETENSORS").is_file()
+    )
+    assert run(capsys, *cut, str(tmp_path / "folder.safetensors") + "/")[0] == 0  # a trailing slash: a folder
+    assert (tmp_path / "folder.safetensors" / "adapter_model.safetensors").is_file()
+    long_name = tmp_path / ("a" * 238 + ".safetensors")  # 250 bytes: a valid name, and so is its temporary's
+    assert run(capsys, *cut, str(long_name))[0] == 0 and long_name.is_file()
+    (tmp_path / "loop.safetensors").symlink_to(tmp_path / "loop.safetensors")
+    code, _, err = run(capsys, *cut, str(tmp_path / "loop.safetensors"))
+    assert code == 2 and "symlink loop" in err and err.count("\n") == 1
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export, "save_file", disk_full)  # the writer's own error type, not an OSError
+    for out in (tmp_path / "new" / "deeper" / "x.safetensors", tmp_path / "new" / "deeper" / "folder"):
+        code, _, err = run(capsys, *cut, str(out))
+        assert code == 2 and err.startswith(f"error: {out}: cannot write there (") and "No space left" in err
+        assert not (tmp_path / "new").exists()  # the folders made for it went with it

@@ -116,6 +116,7 @@ def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path)
     source_metadata = {
         "ss_network_dim": "4", "ss_network_alpha": "8", "ss_base_model_version": "sdxl_base_v1-0",
         "ss_training_comment": "my style", "sshs_model_hash": "0123abcd", "format": "pt",
+        "modelspec.title": "My style", "modelspec.hash_sha256": "0xdead",
     }  # fmt: skip
     tensors = {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(8.0)}
     save_file(tensors, tmp_path / "my_style.safetensors", metadata=source_metadata)
@@ -124,7 +125,8 @@ def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path)
     out = save_adapter(compressed, tmp_path / "out")
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
         metadata = f.metadata()
-    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and "sshs_model_hash" not in metadata
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and metadata["modelspec.title"] == "My style"
+    assert "sshs_model_hash" not in metadata and "modelspec.hash_sha256" not in metadata  # hashes of old weights
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("Dynamic", "Dynamic")
     assert metadata["ss_training_comment"].startswith("PARA") and metadata["ss_training_comment"].endswith("my style")
     assert "ranks 2-2, 50.0% of the LoRA parameters" in metadata["ss_training_comment"]
@@ -134,9 +136,34 @@ def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path)
     assert single_file_name(adapter.source) == "my_style-para.safetensors"
     assert single_file_name("my.style.safetensors (uploaded)") == "my.style-para.safetensors"
     diffusers = {"unet.mid.to_k.lora_A.weight": A, "unet.mid.to_k.lora_B.weight": B}
-    save_file(diffusers, tmp_path / "d.safetensors", metadata={"format": "pt"})
+    old_config = json.dumps({"unet.r": 4, "unet.lora_alpha": 8})  # diffusers would build the config from it
+    save_file(diffusers, tmp_path / "d.safetensors", metadata={"format": "pt", "lora_adapter_metadata": old_config})
     adapter = load_adapter(tmp_path / "d.safetensors")
     assert compress_adapter(adapter, allocation_for(adapter, 2, "mean_rank")).metadata == {"format": "pt"}
+
+
+def test_kohya_dora_magnitudes_warn_and_leave_with_their_module(tmp_path):
+    tensors = {}
+    for name, sigma in (("lora_unet_big", [4.0, 2.0]), ("lora_unet_small", [1e-3, 1e-4])):
+        B, A = factors_with_sigma(sigma)
+        tensors |= {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B, f"{name}.alpha": torch.tensor(2.0)}
+        tensors[f"{name}.dora_scale"] = torch.ones(1, 40)
+    save_file(tensors, tmp_path / "dora.safetensors")
+    adapter = load_adapter(tmp_path / "dora.safetensors")
+    assert any("DoRA" in w for w in adapter.warnings)
+    allocation = allocation_for(adapter, 0.99)
+    assert allocation.rank_map == {"lora_unet_big": 2, "lora_unet_small": 0}
+    kept = compress_adapter(adapter, allocation).tensors
+    assert "lora_unet_big.dora_scale" in kept and not any(k.startswith("lora_unet_small.") for k in kept)
+
+
+def test_kohya_alpha_is_stored_exactly_for_ranks_above_bfloat16s_integers(tmp_path):
+    B, A = factors_with_sigma([1.0] * 300, out_features=310, in_features=320)
+    tensors = {"lora_unet_x.lora_down.weight": A.bfloat16(), "lora_unet_x.lora_up.weight": B.bfloat16()}
+    save_file(tensors | {"lora_unet_x.alpha": torch.tensor(300.0, dtype=torch.bfloat16)}, tmp_path / "bf.safetensors")
+    adapter = load_adapter(tmp_path / "bf.safetensors")
+    kept = compress_adapter(adapter, allocation_for(adapter, 257, "mean_rank")).tensors
+    assert kept["lora_unet_x.lora_down.weight"].shape[0] == 257 and float(kept["lora_unet_x.alpha"]) == 257.0
 
 
 def test_export_kohya_round_trip(tmp_path):
