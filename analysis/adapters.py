@@ -91,7 +91,11 @@ class LoraAdapter:
 
     @property
     def base_model(self) -> str | None:
-        return self.config.get("base_model_name_or_path") or None
+        """The base model as recorded: PEFT's config, or a kohya file's training metadata."""
+        if name := self.config.get("base_model_name_or_path"):
+            return name
+        metadata = self.config.get("kohya_metadata") or {}
+        return next((metadata[k] for k in KOHYA_BASE_MODEL_KEYS if metadata.get(k)), None)
 
     @property
     def n_params(self) -> int:
@@ -105,6 +109,8 @@ class LoraAdapter:
 
 
 PEFT_PREFIX = "base_model.model."
+# Where kohya's trainer (ss_*) and the modelspec convention record the base model, most specific first.
+KOHYA_BASE_MODEL_KEYS = ("ss_sd_model_name", "ss_base_model_version", "modelspec.architecture")
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 # <name>.<part>[.<adapter name>][.weight]; the adapter name ("default") appears in unsaved state dicts. A LoRA

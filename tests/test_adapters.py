@@ -446,3 +446,15 @@ def test_load_adapter_reads_an_empty_module_as_a_zero_update(tmp_path, tiny_peft
     empty = adapter.module(module)
     assert empty.r == 0 and empty.scaling == 0.0
     assert adapter_spectra(adapter).spectra[adapter.modules.index(empty)].energy == 0.0
+
+
+def test_kohya_base_model_comes_from_its_training_metadata(tmp_path):
+    B, A = factors_with_sigma([2.0, 1.0])
+    tensors = {"lora_unet_x.lora_down.weight": A, "lora_unet_x.lora_up.weight": B}
+    metadata = {"ss_base_model_version": "sdxl_base_v1-0", "ss_sd_model_name": "sd_xl_base_1.0.safetensors"}
+    save_file(tensors, tmp_path / "named.safetensors", metadata=metadata)
+    save_file(tensors, tmp_path / "version.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    save_file(tensors, tmp_path / "bare.safetensors")
+    assert load_adapter(tmp_path / "named.safetensors").base_model == "sd_xl_base_1.0.safetensors"
+    assert load_adapter(tmp_path / "version.safetensors").base_model == "sdxl_base_v1-0"
+    assert load_adapter(tmp_path / "bare.safetensors").base_model is None
