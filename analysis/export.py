@@ -2,8 +2,9 @@
 
 PEFT output folds each module's scale into balanced factors and sets rank_pattern = alpha_pattern = k
 (scale 1), so it loads in any PEFT reader and in vLLM; rank-0 modules are left out and listed in
-`exclude_modules`. kohya output keeps kohya keys with alpha = k. Writes are atomic (temp folder, then
-rename); the source adapter is never touched. No streamlit here.
+`exclude_modules`. kohya output keeps the file's own keys (alpha = k) and its metadata, marked as kohya
+marks a resized file, in a folder or as one .safetensors. Writes are atomic (a hidden temporary beside the
+target, then a rename); the source adapter is never touched. No streamlit here.
 """
 
 from __future__ import annotations
