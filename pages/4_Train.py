@@ -41,11 +41,12 @@ def live_jobs() -> None:
         return
     st.subheader("Runs started from the app")
     for name in names:
-        if jobs.progress(RUNS_DIR, name).state == "finished":
+        progress = jobs.progress(RUNS_DIR, name)
+        if progress.state == "finished":
             tw.run_summary(read_run(RUNS_DIR / name))
             continue
         with st.container(border=True):
-            tw.job_panel(RUNS_DIR, name)
+            tw.job_panel(RUNS_DIR, progress)
 
 
 live_jobs()

@@ -66,9 +66,9 @@ def start_form(runs_dir: Path) -> None:
     st.session_state[KEY_FLASH] = f"Started {name}: `python {' '.join(command[1:])}`"
 
 
-def job_panel(runs_dir: Path, name: str) -> None:
-    """Live state of one launched job: progress bar, loss curve, cancel button, log tail."""
-    p = jobs.progress(runs_dir, name)
+def job_panel(runs_dir: Path, p: jobs.JobProgress) -> None:
+    """Live state of one launched job (`jobs.progress`): progress bar, loss curve, cancel button, log tail."""
+    name = p.name
     st.markdown(f"**{name}** · {p.state}")
     if p.state == "running":
         fraction = p.step / p.total if p.total else 0.0
