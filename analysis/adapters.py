@@ -266,6 +266,28 @@ def base_altering_init(config: Mapping[str, Any]) -> str | None:
     return "loftq" if config.get("loftq_config") else None
 
 
+def _warnings(config: Mapping[str, Any], extra: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """What the spectra or an export leave out, from the config and the passed-through tensors (PEFT or kohya)."""
+    warnings = []
+    if config.get("use_dora") or any("lora_magnitude_vector" in k or k.endswith(".dora_scale") for k in extra):
+        warnings.append(
+            "DoRA adapter: spectra show the direction part s*B@A only; the magnitudes are passed through, and a "
+            "module cut to rank 0 loses its own"
+        )
+    if config.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in extra):
+        warnings.append(
+            "LoRA bias (lora_bias=True): the biases are passed through, but a module cut to rank 0 loses its "
+            "bias; set the minimum rank to 1 to keep every one"
+        )
+    if init := base_altering_init(config):
+        warnings.append(
+            f"init_lora_weights={init!r}: peft changes the base weights by the initial factors when it loads this "
+            "adapter, so its update is not s*B@A on the base model and it cannot be exported at other ranks; "
+            "convert it to a plain LoRA first (peft's save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
+    return tuple(warnings)
+
+
 def _fingerprint(buffer: Any, config: Mapping[str, Any]) -> str:
     """Content hash of the weights bytes and the canonical config: the cache key."""
     return content_digest(buffer, json.dumps(config, sort_keys=True, default=str).encode())
@@ -391,22 +413,6 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     modules = [_peft_module(weights, config, name, p, is_adalora) for name, p in parts.items()]
     _check_finite(weights, modules)
-    warnings = []
-    if config.get("use_dora") or any("lora_magnitude_vector" in k for k in extra):
-        warnings.append(
-            "DoRA adapter: spectra show the direction part s*B@A only; the magnitude vector is passed through"
-        )
-    if config.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in extra):
-        warnings.append(
-            "LoRA bias (lora_bias=True): the biases are passed through, but a module cut to rank 0 loses its "
-            "bias; set the minimum rank to 1 to keep every one"
-        )
-    if init := base_altering_init(config):
-        warnings.append(
-            f"init_lora_weights={init!r}: peft changes the base weights by the initial factors when it loads this "
-            "adapter, so its update is not s*B@A on the base model and it cannot be exported at other ranks; "
-            "convert it to a plain LoRA first (peft's save_pretrained(path_initial_model_for_weight_conversion=...))"
-        )
     return LoraAdapter(
         source=str(folder),
         fingerprint=fingerprint,
@@ -414,7 +420,7 @@ def _load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
         config=config,
         modules=tuple(modules),
         extra_tensors=extra,
-        warnings=tuple(warnings),
+        warnings=_warnings(config, extra),
         file_size=weights.stat().st_size,
     )
 
@@ -516,12 +522,6 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
     config = {"kohya_metadata": metadata}
     fingerprint = _fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     _check_finite(file, modules)
-    warnings = []
-    if any(k.endswith(".dora_scale") for k in extra):
-        warnings.append(
-            "DoRA adapter (dora_scale): spectra show the direction part s*B@A only; the magnitudes are passed "
-            "through, and a module cut to rank 0 loses its own"
-        )
     return LoraAdapter(
         source=str(file),
         fingerprint=fingerprint,
@@ -531,7 +531,7 @@ def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
         extra_tensors=extra,
         file_size=file.stat().st_size,
         single_file_keys=keys,
-        warnings=tuple(warnings),
+        warnings=_warnings(config, extra),
     )
 
 

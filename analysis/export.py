@@ -221,7 +221,7 @@ def kohya_metadata(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str
     """
     source = adapter.config.get("kohya_metadata") or {}
     metadata = {k: v for k, v in source.items() if k not in STALE_METADATA_KEYS}
-    metadata["format"] = metadata.get("format", "pt")
+    metadata.setdefault("format", "pt")
     if any(k.startswith("ss_") for k in source):  # a kohya-trained file: keep its own keys up to date
         a = allocation
         kept = [k for k in a.ranks if k]

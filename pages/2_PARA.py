@@ -83,9 +83,9 @@ download, save = st.columns(2)
 # Built on request for the cut this run shows, kept for it, and offered as bytes: the same bytes get the same
 # file id on every rerun. (A deferred download gets a new id each run, and a run cut short by the slider's next
 # one can drop the id the browser still shows, so a click right after dragging failed.)
-zip_key = (adapter.fingerprint, allocation.ranks, export_format)
-if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != zip_key:
-    del st.session_state[KEY_EXPORT_ZIP]  # another cut: free the old zip
+download_key = (adapter.fingerprint, allocation.ranks, export_format)
+if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != download_key:
+    del st.session_state[KEY_EXPORT_ZIP]  # another cut: free the old download
     built = None
 single = export_format == "kohya"  # one .safetensors, the way kohya / diffusers users load a LoRA
 file_name = single_file_name(adapter.source) if single else "para-adapter.zip"
@@ -94,7 +94,7 @@ if built is None and slot.button(f"Build the compressed adapter ({Path(file_name
     try:
         with st.spinner("Truncating every module..."):
             compressed = compress_adapter(adapter, allocation, format=export_format)
-            built = (zip_key, adapter_file_bytes(compressed) if single else adapter_zip_bytes(compressed))
+            built = (download_key, adapter_file_bytes(compressed) if single else adapter_zip_bytes(compressed))
         st.session_state[KEY_EXPORT_ZIP] = built
     except ValueError as err:
         st.error(str(err))

@@ -104,9 +104,8 @@ def evaluate_cut(
         on_step: progress callback.
     """
     with tempfile.TemporaryDirectory(prefix="para-eval-") as tmp:
-        out = save_adapter(
-            compress_adapter(adapter, allocation, format="peft"), Path(tmp) / "cut"
-        )  # read back by peft
+        compressed = compress_adapter(adapter, allocation, format="peft")  # read back by peft
+        out = save_adapter(compressed, Path(tmp) / "cut")
         return evaluate_adapter(out, task_name, split=split, run=run, on_step=on_step)
 
 
