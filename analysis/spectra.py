@@ -177,7 +177,12 @@ def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tu
 
     workers = threads.outer_threads() if device.type == "cpu" else 1
     sizes = [sum(m.A.numel() + m.B.numel() for m in group) for group in groups]
-    splits = [workers if size >= grams.PARALLEL_MIN_ELEMENTS else 1 for size in sizes]  # tiny groups: one task
+    # tiny groups: one task; never more parts than modules (an empty part has no Grams to stack: one lm_head
+    # module of >= PARALLEL_MIN_ELEMENTS values is one task, whose Grams split their blocks between workers)
+    splits = [
+        min(workers, len(group)) if size >= grams.PARALLEL_MIN_ELEMENTS else 1
+        for group, size in zip(groups, sizes, strict=True)
+    ]
     tasks = [group[w::k] for group, k in zip(groups, splits, strict=True) for w in range(k)]
     with contextlib.nullcontext() if is_cuda else threads.engine_threads():
         done = iter(threads.map_workers(values, tasks, workers) if workers > 1 else [values(t) for t in tasks])

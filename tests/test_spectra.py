@@ -176,6 +176,25 @@ def test_adapter_spectra_split_between_workers_keeps_module_order(monkeypatch):
         np.testing.assert_allclose(b.sigma, a.sigma, rtol=1e-6)
 
 
+def test_adapter_spectra_of_one_lm_head_module_equals_float64_svd(monkeypatch):
+    """One module of >= PARALLEL_MIN_ELEMENTS values (an lm_head LoRA) or a group smaller than the worker
+    count is split into no more parts than it has modules: no empty part (issue 20, item 1)."""
+    g = torch.Generator().manual_seed(20)
+    head = LoraModule("lm_head", torch.randn(8, 16, generator=g), torch.randn(131072, 8, generator=g), 2.0)
+    assert head.A.numel() + head.B.numel() >= grams.PARALLEL_MIN_ELEMENTS
+    pair = [  # two equal-shape modules with three workers: a group smaller than the worker count
+        LoraModule(f"m{i}", torch.randn(4, 16, generator=g), torch.randn(2**18, 4, generator=g), 0.5) for i in range(2)
+    ]
+    modules = (head, *pair)
+    # (out, r) @ (r, in) -> (out, in), then a float64 SVD of the dense update
+    expected = [torch.linalg.svdvals(m.scaling * (m.B.double() @ m.A.double())).numpy()[: m.r] for m in modules]
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(threads, "outer_threads", lambda workers=workers: workers)
+        spectra = adapter_spectra(adapter_of(*modules))
+        for e, s in zip(expected, spectra.spectra, strict=True):
+            np.testing.assert_allclose(s.sigma, e, rtol=1e-5, err_msg=f"{s.name} with {workers} workers")
+
+
 def test_adapter_spectra_trained_like_adapter_agrees_with_float64():
     g = torch.Generator().manual_seed(4)
     modules = [LoraModule(f"m{i}", *reversed(module_factors(512, 256, 32, "trained", g)), 2.0) for i in range(3)]
