@@ -1,0 +1,180 @@
+"""PEFT and AdaLoRA adapter folders: `adapter_config.json` beside `adapter_model.safetensors` (or a
+tensors-only `.bin`). The config is cross-checked against the tensors' shapes. No streamlit, no prints."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from analysis.formats.base import (
+    PEFT_PREFIX,
+    LoraAdapter,
+    LoraModule,
+    adapter_fingerprint,
+    adapter_warnings,
+    as_matrices,
+    check_finite,
+    no_lora_error,
+    split_keys,
+)
+from analysis.safe_io import AdapterError, read_pickled_tensors, read_safetensors
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+# <name>.<part>[.<adapter name>][.weight]; the adapter name ("default") appears in unsaved state dicts. A LoRA
+# bias (`lora_B.bias`, peft's lora_bias=True) is no factor: it stays unmatched and is passed through.
+PEFT_KEY = re.compile(
+    r"^(?P<name>.+)\.(?P<part>lora_A|lora_B|lora_E|lora_embedding_A|lora_embedding_B)"
+    r"(?:\.(?!(?:weight|bias)$)(?P<adapter>[^.]+))?(?:\.weight)?$"
+)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    file = folder / CONFIG_NAME
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise AdapterError(f"{file}: not valid JSON ({str(err)[:80]}); fix or re-save the config") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{file}: expected a JSON object; re-save the config with peft")
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in ("LORA", "ADALORA"):
+        raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA or ADALORA; only LoRA is read")
+    _check_config_values(file, config, is_adalora=peft_type == "ADALORA")
+    return config
+
+
+def _check_config_values(file: Path, config: Mapping[str, Any], *, is_adalora: bool) -> None:
+    """The fields the scale and the ranks come from have the types peft writes, or one line says which does not."""
+
+    def bad(key: str, value: Any, want: str) -> AdapterError:
+        shown = json.dumps(value, default=str)  # as the config spells it: null, NaN, "abc"
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return AdapterError(f"{file}: {key} is {shown}, not {want}; fix it in {CONFIG_NAME}")
+
+    def is_number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    def is_count(x: Any) -> bool:
+        return is_number(x) and x >= 0 and float(x).is_integer()
+
+    for key, check, want in (("r", is_count, "a whole number"), ("lora_alpha", is_number, "a finite number"),
+                             ("init_r", is_count, "a whole number")):  # fmt: skip
+        if key in config and not check(config[key]):
+            raise bad(key, config[key], want)
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict):
+            raise bad(key, pattern, "an object of module patterns")
+        for name, value in pattern.items():
+            if is_adalora and key == "rank_pattern":  # AdaLoRA's masks: one bool per initial rank
+                if not (isinstance(value, list) and all(isinstance(x, bool | int) for x in value)):
+                    raise bad(f"{key}[{name!r}]", value, "a list of booleans")
+                continue
+            if not (is_count(value) if key == "rank_pattern" else is_number(value)):
+                raise bad(f"{key}[{name!r}]", value, "a whole number" if key == "rank_pattern" else "a finite number")
+            try:
+                re.compile(name)
+            except re.error as err:
+                raise bad(f"{key} key", name, f"a valid regular expression ({err})") from None
+
+
+def pattern_value(pattern: Mapping[str, Any], name: str) -> tuple[str, Any] | None:
+    """PEFT's rank_pattern / alpha_pattern rule: keys are regexes matched as dotted suffixes, first wins."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key, value
+    return None
+
+
+def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
+    if not (folder / CONFIG_NAME).is_file():
+        raise AdapterError(f"{folder}: missing {CONFIG_NAME}; save the adapter with peft's save_pretrained")
+    config = _read_config(folder)
+    weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
+    if weights is None:
+        raise AdapterError(f"{folder}: missing adapter_model.safetensors (or .bin); put the weights beside the config")
+    if weights.suffix == ".bin":
+        tensors = read_pickled_tensors(weights)
+        buffer = weights.read_bytes()
+    else:
+        tensors, _, buffer = read_safetensors(weights, in_memory=in_memory)
+    is_adalora = str(config.get("peft_type")).upper() == "ADALORA"
+    parts, extra = split_keys(weights, tensors, PEFT_KEY, PEFT_PREFIX)
+    if not parts:
+        raise no_lora_error(weights, tensors)
+    fingerprint = adapter_fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
+    modules = [_peft_module(weights, config, name, p, is_adalora) for name, p in parts.items()]
+    check_finite(weights, modules)
+    return LoraAdapter(
+        source=str(folder),
+        fingerprint=fingerprint,
+        format="adalora" if is_adalora else "peft",
+        config=config,
+        modules=tuple(modules),
+        extra_tensors=extra,
+        warnings=adapter_warnings(config, extra),
+        file_size=weights.stat().st_size,
+    )
+
+
+def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_adalora: bool) -> LoraModule:
+    is_embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+    A = p.get("lora_embedding_A" if is_embedding else "lora_A")
+    B = p.get("lora_embedding_B" if is_embedding else "lora_B")
+    if A is None or B is None:
+        missing = "A" if A is None else "B"
+        raise AdapterError(f"{file}: module {name} has no lora_{missing} tensor (only half of the pair); corrupt file")
+    A, B, kind = as_matrices(file, name, A, B)
+    r = A.shape[0]
+    weight_shape = (B.shape[0], A.shape[1])
+    if is_embedding:
+        kind, weight_shape = "embedding", (A.shape[1], B.shape[0])  # peft: delta = (B @ A)^T
+    elif kind == "conv":
+        weight_shape = (B.shape[0], *p["lora_A"].shape[1:])
+    elif config.get("fan_in_fan_out"):
+        weight_shape = (A.shape[1], B.shape[0])  # Conv1D stores (in, out); spectra are unchanged
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha = float(config.get("lora_alpha", 8))
+    if not is_adalora and "lora_E" in p:
+        raise AdapterError(
+            f"{file}: module {name} has an AdaLoRA lora_E tensor but the config says peft_type LORA; "
+            "set peft_type to ADALORA (with its init_r) or point at the right adapter"
+        )
+    if is_adalora:
+        E = p.get("lora_E")
+        if E is None:
+            raise AdapterError(f"{file}: AdaLoRA module {name} has no lora_E tensor; corrupt file")
+        if E.numel() != r:
+            raise AdapterError(f"{file}: AdaLoRA module {name} has lora_E of {E.numel()} values for rank {r}; corrupt")
+        mask = rank_pattern.get(f"{name}.lora_E")
+        if mask is not None and sum(bool(x) for x in mask) != r:
+            raise AdapterError(
+                f"{file}: AdaLoRA module {name} keeps {sum(map(bool, mask))} ranks in rank_pattern but has {r} "
+                "in the tensors; re-save the adapter with peft"
+            )
+        init_r = int(config.get("init_r", 12))
+        A = A * E.reshape(r, 1).to(A.dtype)  # fold the singular values in: (r, in) * (r, 1)
+        # peft: scaling / (ranknum + 1e-5), ranknum = init_r; with alpha 0 the scaling is the module's rank, which
+        # is the kept rank once peft resizes the module to its rank_pattern at load
+        scaling = (alpha if alpha > 0 else r) / (init_r + 1e-5)
+        return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
+    matched = pattern_value(rank_pattern, name)
+    expected_r = int(matched[1]) if matched else int(config.get("r", 8))
+    if expected_r != r:
+        source = f"rank_pattern key {matched[0]!r}" if matched else "r"
+        raise AdapterError(
+            f"{file}: module {name} has rank {r} in the tensors but the config says {expected_r} ({source}); "
+            "fix r / rank_pattern in adapter_config.json"
+        )
+    matched_alpha = pattern_value(config.get("alpha_pattern") or {}, name)
+    alpha = float(matched_alpha[1]) if matched_alpha else alpha
+    if r == 0:
+        scaling = 0.0  # an empty module: its update is zero whatever the scale
+    else:
+        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
