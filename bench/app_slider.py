@@ -45,7 +45,7 @@ def time_slider(folder: Path, moves: int) -> dict[str, float]:
     """Median ms of a PARA page rerun after a slider move (energy unit), and of one allocation alone."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).run()
     at.radio[0].set_value("Folder on the server").run()
-    at.text_input[0].input(str(folder)).run()
+    at.text_input[0].input(str(folder))  # a form: the value goes with the Load click
     at.button[0].click().run()
     at.switch_page("pages/2_PARA.py").run()
     at.slider[0].set_value(80.0).run()  # warm-up: the first render builds the cached index and sweep

@@ -5,16 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.shared import cache
-from pages.shared.state import KEY_FOLDER, KEY_LOAD_ERROR, KEY_SAMPLE, KEY_SOURCE, KEY_UPLOAD, KEY_UPLOAD_DIR
-from pages.shared.widgets import (
-    UPLOAD_LIMIT_MB,
-    bundled_samples,
-    current_adapter,
-    is_sample,
-    keep_settings,
-    load_path,
-    set_adapter,
-)
+from pages.shared.sources import SOURCES, clear_messages, loaded_note
+from pages.shared.state import KEY_LOAD_ERROR, KEY_SOURCE
+from pages.shared.widgets import current_adapter, keep_settings
 
 st.set_page_config(page_title="LoRA Rank Lab", layout="wide")
 keep_settings()
@@ -24,55 +17,14 @@ st.markdown(
     "compress it with **PARA**: one global threshold over all singular values gives each module its own rank."
 )
 
-adapter = current_adapter()
-samples = bundled_samples()
-
-source = st.radio(
-    "Adapter source",
-    ["Bundled sample", "Folder on the server", "Upload"],
-    horizontal=True,
-    key=KEY_SOURCE,
-    on_change=lambda: st.session_state.pop(KEY_LOAD_ERROR, None),  # an error belongs to the source it came from
-)
-if source == "Bundled sample":
-    if samples:
-        names = list(samples)
-        # The loaded sample, or none after a folder or an upload: picking any sample then loads it.
-        st.session_state[KEY_SAMPLE] = next((n for n in names if adapter and is_sample(adapter, samples[n])), None)
-        st.selectbox(
-            "Sample",
-            names,
-            index=None,
-            placeholder="Pick a sample to load",
-            key=KEY_SAMPLE,
-            on_change=lambda: set_adapter(lambda: load_path(samples[st.session_state[KEY_SAMPLE]])),
-        )
-    else:
-        st.warning("No bundled samples found in sample_adapters/.")
-elif source == "Folder on the server":
-    folder = st.text_input("Path to a PEFT folder, a kohya .safetensors or a .zip", key=KEY_FOLDER)
-    if st.button("Load", type="primary", disabled=not folder):
-        set_adapter(lambda: load_path(folder))
-else:
-    single, folder_upload = st.columns(2)
-    upload = single.file_uploader(
-        f"A zip of a PEFT adapter folder, or a kohya / diffusers .safetensors (up to {UPLOAD_LIMIT_MB} MB)",
-        type=["zip", "safetensors"],
-        key=KEY_UPLOAD,
-    )
-    uploads = folder_upload.file_uploader(
-        "Or a whole adapter folder (adapter_config.json + adapter_model.safetensors)",
-        accept_multiple_files="directory",
-        key=KEY_UPLOAD_DIR,
-    )
-    files = ((upload.name, upload.getvalue()),) if upload is not None else ()
-    if uploads:
-        files = tuple((f.name, f.getvalue()) for f in uploads)
-    if files:
-        set_adapter(lambda: cache.cached_upload(cache.upload_digest(files), files))
+current_adapter()  # a first visit loads the default sample, so the pickers below show it as chosen
+source = st.radio("Adapter source", list(SOURCES), horizontal=True, key=KEY_SOURCE, on_change=clear_messages)
+SOURCES[source]()
 
 if error := st.session_state.get(KEY_LOAD_ERROR):
     st.error(error)
+elif note := loaded_note():
+    st.success(note)
 
 adapter = current_adapter()
 if adapter is None:

@@ -107,7 +107,7 @@ def test_a_new_cut_unit_starts_at_the_same_cut(home):
 
 def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
     home.radio[0].set_value("Folder on the server").run()
-    home.text_input[0].input(str(tmp_path / "missing")).run()
+    home.text_input[0].input(str(tmp_path / "missing"))
     home.button[0].click().run()
     assert not home.exception
     assert "no such file or folder" in home.error[0].value
@@ -115,7 +115,7 @@ def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")
-    home.text_input[0].input(str(broken)).run()
+    home.text_input[0].input(str(broken))
     home.button[0].click().run()
     assert "not valid JSON" in home.error[0].value and metric(home, "Modules") == "36"
     home.radio[0].set_value("Bundled sample").run()
@@ -125,7 +125,7 @@ def test_bad_folder_shows_error_and_keeps_previous_adapter(home, tmp_path):
 def test_folder_load_then_export_loads_in_engine_and_peft(home, tmp_path):
     source = make_peft_dir(tmp_path / "tiny")
     home.radio[0].set_value("Folder on the server").run()
-    home.text_input[0].input(str(source)).run()
+    home.text_input[0].input(str(source))
     home.button[0].click().run()
     assert metric(home, "Modules") == "13"
     home.switch_page("pages/2_PARA.py").run()
@@ -148,7 +148,7 @@ def test_a_kohya_file_downloads_as_one_safetensors_named_after_it(home, tmp_path
     tensors = {f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B, f"{prefix}.alpha": torch.tensor(4.0)}
     save_file(tensors, tmp_path / "my_style.safetensors", metadata={"ss_network_dim": "4"})
     home.radio[0].set_value("Folder on the server").run()
-    home.text_input[0].input(str(tmp_path / "my_style.safetensors")).run()
+    home.text_input[0].input(str(tmp_path / "my_style.safetensors"))
     home.button[0].click().run()
     home.switch_page("pages/2_PARA.py").run()
     next(b for b in home.button if b.label == "Build the compressed adapter (.safetensors)").click().run()
@@ -163,7 +163,7 @@ def test_a_kohya_file_downloads_as_one_safetensors_named_after_it(home, tmp_path
 
 def test_the_sample_shown_loads_again_after_another_adapter(home, tmp_path):
     home.radio[0].set_value("Folder on the server").run()
-    home.text_input[0].input(str(make_peft_dir(tmp_path / "tiny"))).run()
+    home.text_input[0].input(str(make_peft_dir(tmp_path / "tiny")))
     home.button[0].click().run()
     assert metric(home, "Modules") == "13"
     home.radio[0].set_value("Bundled sample").run()
@@ -198,7 +198,7 @@ def test_many_sessions_keep_their_own_adapter_and_cut(tmp_path):
     sessions = [AppTest.from_file("../app.py", default_timeout=TIMEOUT).run() for _ in range(4)]
     for i, at in enumerate(sessions[:3]):
         at.radio[0].set_value("Folder on the server").run()
-        at.text_input[0].input(str(folders[i])).run()
+        at.text_input[0].input(str(folders[i]))
     for at in sessions[:3]:
         at.button[0].click().run()
     for i, at in enumerate(sessions):
@@ -228,9 +228,10 @@ def test_uploads_zip_and_folder_and_bad_file_keeps_previous(home, tmp_path):
     assert "truncated safetensors" in home.error[0].value or "header" in home.error[0].value
     assert home.error[0].value.startswith("bad.safetensors: ")  # the file the user uploaded, not a temp copy
     assert metric(home, "Modules") == "13"  # the previous upload stays loaded
-    home.file_uploader[0].set_value(None).run()
+    home.radio(key="upload_kind").set_value("A whole folder").run()
+    assert len(home.file_uploader) == 1  # one uploader at a time
     folder = [(f"tiny/{f.name}", f.read_bytes(), "application/octet-stream") for f in source.iterdir()]
-    home.file_uploader[1].set_value(folder).run()
+    home.file_uploader[0].set_value(folder).run()
     assert not home.exception and metric(home, "Modules") == "13" and not home.error
 
 

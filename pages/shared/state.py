@@ -2,9 +2,14 @@
 
 KEY_ADAPTER = "adapter"  # the current LoraAdapter (shared read-only object from the cache)
 KEY_LOAD_ERROR = "load_error"  # last loader message, shown until the next successful load
-KEY_SOURCE = "adapter_source"  # "sample" | "folder" | "upload"
+KEY_LOAD_NOTE = "load_note"  # (fingerprint, what a folder load found and where), shown while that adapter is loaded
+KEY_SOURCE = "adapter_source"  # a label of sources.SOURCES
 KEY_SAMPLE = "sample_choice"
+KEY_RUN_CHOICE = "run_choice"  # a run in runs/ (LORA_LAB_RUNS_DIR)
 KEY_FOLDER = "folder_path"
+KEY_FOLDER_SEARCH = "folder_search"  # the locate.Search of a folder that holds several adapters
+KEY_FOLDER_PICK = "folder_pick"  # prefix; the searched folder is appended
+KEY_UPLOAD_KIND = "upload_kind"  # "One file" | "A whole folder": one uploader at a time
 KEY_UPLOAD = "upload"
 KEY_UPLOAD_DIR = "upload_dir"
 KEY_CUT_UNIT = "cut_unit"
@@ -28,7 +33,7 @@ KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at
 # Widget values kept when the user goes to another page (Streamlit drops the state of widgets a page does not
 # draw): every key starting with one of these. File uploaders cannot be kept (their values cannot be set).
 KEPT_PREFIXES = (
-    KEY_SOURCE, KEY_FOLDER, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK, KEY_EXPORT_DIR, KEY_COMPARE_FOLDER,
-    KEY_COMPARE_TASK, KEY_COMPARE_SOURCE, KEY_COMPARE_RUNS, KEY_COMPARE_SPLIT, KEY_PARA_EVAL_SPLIT,
+    KEY_SOURCE, KEY_FOLDER, KEY_UPLOAD_KIND, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK, KEY_EXPORT_DIR,
+    KEY_COMPARE_FOLDER, KEY_COMPARE_TASK, KEY_COMPARE_SOURCE, KEY_COMPARE_RUNS, KEY_COMPARE_SPLIT, KEY_PARA_EVAL_SPLIT,
     KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC,
 )  # fmt: skip

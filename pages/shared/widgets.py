@@ -45,25 +45,30 @@ CUT_LABELS: dict[str, CutUnit] = {
 }
 
 
-def bundled_samples() -> dict[str, Path]:
-    """Every adapter under sample_adapters/ (a PEFT folder, a run record's adapter/, or a .safetensors)."""
-    samples = {}
-    if not SAMPLES_DIR.is_dir():
-        return samples
-    for entry in sorted(SAMPLES_DIR.iterdir()):
+def adapters_in(folder: Path) -> dict[str, Path]:
+    """Every adapter directly in `folder` (a PEFT folder, a run record's adapter/, or a .safetensors), by name."""
+    found = {}
+    if not folder.is_dir():
+        return found
+    for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if (entry / "adapter_config.json").is_file() or (entry / "adapter" / "adapter_config.json").is_file():
-            samples[entry.name] = entry
+            found[entry.name] = entry
         elif entry.suffix == ".safetensors":
-            samples[entry.stem] = entry
-    return samples
+            found[entry.stem] = entry
+    return found
 
 
-def is_sample(adapter: LoraAdapter, sample: Path) -> bool:
-    """Whether `adapter` was loaded from the bundled `sample` (a folder or a run record's adapter/)."""
+def bundled_samples() -> dict[str, Path]:
+    """Every adapter under sample_adapters/."""
+    return adapters_in(SAMPLES_DIR)
+
+
+def is_loaded_from(adapter: LoraAdapter, entry: Path) -> bool:
+    """Whether `adapter` was loaded from `entry` (a folder or a run record's adapter/ in it)."""
     source = Path(adapter.source).resolve()
-    return source in (sample.resolve(), (sample / "adapter").resolve())
+    return source in (entry.resolve(), (entry / "adapter").resolve())
 
 
 def load_path(path: str | Path) -> LoraAdapter:
