@@ -24,6 +24,11 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+def cut_line(at: AppTest) -> str:
+    """The PARA page's line with τ, τ / σ_max and the mean rank of the cut."""
+    return next(m.value for m in at.markdown if m.value.startswith("τ = "))
+
+
 def percent(text: str) -> float:
     return float(text.rstrip("%"))
 
@@ -64,11 +69,11 @@ def test_a_cut_above_the_largest_value_says_so(home):
     home.switch_page("pages/2_PARA.py").run()
     home.selectbox[0].set_value("Parameter budget (%)").run()
     home.slider[0].set_value(0.0).run()
-    assert metric(home, "τ / σ_max") == "> 1" and metric(home, "τ").startswith("> ")
+    assert "τ / σ_max = **> 1**" in cut_line(home) and cut_line(home).startswith("τ = **> ")
     assert metric(home, "LoRA params") == "0"
     home.selectbox[0].set_value("Relative threshold τ / σ_max").run()
     home.slider[0].set_value(1.0).run()  # the top component alone: τ is σ_max
-    assert metric(home, "τ / σ_max") == "1.0000" and not metric(home, "τ").startswith(">")
+    assert "τ / σ_max = **1.0000**" in cut_line(home) and not cut_line(home).startswith("τ = **>")
 
 
 def test_settings_survive_a_visit_to_another_page(home):

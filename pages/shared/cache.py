@@ -13,14 +13,19 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.adapters import AdapterError, LoraAdapter, load_adapter
-from analysis.para import ParaIndex, ParaSweep, para_index, para_sweep
+from analysis.para import ParaIndex, ParaSweep, RankAllocation, para_index, para_sweep
+from analysis.para_figures import RankGrid, rank_grid, rank_map_base, rank_map_figure, sweep_base
+from analysis.recommend import CutEvaluator, knee_position
 from analysis.spectra import AdapterSpectra, adapter_spectra
 from analysis.training.catalog import run_of_adapter, split_digest
+from analysis.training.cut_evaluators import evaluator_for_run, run_of
 from analysis.training.records import RunRecord
 from analysis.training.results import ComparisonReport, EvalKey, Evaluation, read_report
 
@@ -79,6 +84,33 @@ def cached_sweep(fingerprint: str, _index: ParaIndex) -> ParaSweep:
     return para_sweep(_index, n_points=201)
 
 
+@dataclass(frozen=True)
+class ParaPageBase:
+    """What the PARA page draws every cut from, made once per adapter: the validated base figures, the
+    module grid and the knee (data-free recommended cut)."""
+
+    grid: RankGrid
+    rank_map: go.Figure
+    sweep: go.Figure
+    knee: int
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def cached_para_base(fingerprint: str, _index: ParaIndex) -> ParaPageBase:
+    grid = rank_grid(_index.spectra.names)
+    max_rank = int(_index.original_ranks.max()) if _index.n_modules else 1
+    sweep = cached_sweep(fingerprint, _index)
+    return ParaPageBase(grid, rank_map_base(grid, max_rank), sweep_base(sweep), knee_position(_index))
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def cached_rank_map(
+    fingerprint: str, position: int, min_rank: int, _base: ParaPageBase, _cut: RankAllocation
+) -> go.Figure:
+    """The rank heat map of one cut (by position and min rank), shared read-only: a revisited cut costs nothing."""
+    return rank_map_figure(_base.rank_map, _base.grid, _cut)
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
     """The comparison.json at `path` (None if absent); `mtime_ns` is in the key so a rewrite is read again."""
@@ -89,6 +121,22 @@ def cached_report(path: str, mtime_ns: int) -> ComparisonReport | None:
 def cached_run_of_adapter(source: str, fingerprint: str) -> RunRecord | None:
     """The classification run an adapter folder belongs to (None for uploads and plain folders)."""
     return run_of_adapter(source)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def cached_run_of(source: str, fingerprint: str) -> RunRecord | None:
+    """The run (classification or causal LM) an adapter folder belongs to, None for uploads and plain folders."""
+    return run_of(source)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def cached_cut_evaluator(
+    fingerprint: str, run_path: str, split: str, _adapter: LoraAdapter, _index: ParaIndex, _run: RunRecord
+) -> CutEvaluator:
+    """The evaluator of a run's cuts on `split`, with the cuts its comparison.json holds on record."""
+    report_file = Path(run_path).parent / "comparison.json"
+    report = cached_report(str(report_file), report_file.stat().st_mtime_ns) if report_file.is_file() else None
+    return evaluator_for_run(_adapter, _run, _index, split=split, report=report)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -108,15 +156,18 @@ _EVALUATIONS_LOCK = threading.Lock()
 
 
 @st.cache_resource
-def _evaluation_store() -> OrderedDict[EvalKey, Evaluation]:
+def _evaluation_store() -> OrderedDict[EvalKey | tuple, Evaluation | float]:
     """Evaluations shared by every session, oldest dropped first beyond EVALUATIONS_MAX."""
     return OrderedDict()
 
 
 def cached_evaluation(
-    key: EvalKey, compute: Callable[..., Evaluation], on_step: Callable[[int, int, float], None] | None = None
-) -> Evaluation:
-    """Accuracy and loss of an adapter (key.position None) or of a PARA cut of it, on a task's split.
+    key: EvalKey | tuple,
+    compute: Callable[..., Evaluation | float],
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> Evaluation | float:
+    """Accuracy and loss of an adapter (key.position None) or of a PARA cut of it, on a task's split; or, keyed
+    by (CutEvaluator.key, position, min_rank), a `CutEvaluator`'s metric of a cut (the PARA page's).
 
     `compute(on_step)` runs the evaluation on a miss. The store is a cache_resource rather than a cached
     function so that `on_step` can move a progress bar drawn outside it (st.cache_data would try to replay
@@ -133,3 +184,30 @@ def cached_evaluation(
         while len(store) > EVALUATIONS_MAX:
             store.popitem(last=False)
     return result
+
+
+def cut_metric(
+    evaluator: CutEvaluator,
+    cut: RankAllocation,
+    position: int,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """`evaluator`'s metric of a cut, from its record, the shared store, or evaluated now (then stored)."""
+    recorded = evaluator.recorded.get((position, cut.min_rank))
+    if recorded is not None:
+        return recorded
+    return cached_evaluation(
+        (evaluator.key, position, cut.min_rank), lambda step: evaluator.evaluate(cut, step), on_step
+    )
+
+
+def known_metrics(evaluator: CutEvaluator, min_rank: int) -> dict[int, float]:
+    """Every cut of `evaluator` measured so far at `min_rank` (on record or in the store): position -> metric."""
+    known = {p: v for (p, m), v in evaluator.recorded.items() if m == min_rank}
+    with _EVALUATIONS_LOCK:
+        known |= {
+            k[1]: v
+            for k, v in _evaluation_store().items()
+            if isinstance(k, tuple) and k[0] == evaluator.key and k[2] == min_rank
+        }
+    return known

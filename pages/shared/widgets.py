@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis.adapters import AdapterError, LoraAdapter
-from analysis.para import CutUnit, ParaIndex, RankAllocation
+from analysis.para import CutUnit, ParaIndex, RankAllocation, allocate_at, cut_position
 from analysis.spectra import AdapterSpectra
 from pages.shared import cache
 from pages.shared.state import (
@@ -158,8 +158,9 @@ def within(low: float, high: float) -> Callable[[object], bool]:
 
 
 def cut_ui(index: ParaIndex, *, key: str = "") -> tuple[float, CutUnit, int]:
-    """Unit picker, one slider in that unit, and the min-rank option; returns (value, unit, min_rank)."""
-    left, right = st.columns([3, 1])
+    """One slider in the chosen unit, the unit picker and the min-rank option on one row; returns
+    (value, unit, min_rank). The slider's label is its unit's title (stable: other tools find it by it)."""
+    slider_col, unit_col, rank_col = st.columns([5, 3, 2], vertical_alignment="bottom")
     sliders = _cut_sliders(index)
     slider_key = f"{KEY_CUT_VALUE}{key}-{{}}"
 
@@ -170,15 +171,38 @@ def cut_ui(index: ParaIndex, *, key: str = "") -> tuple[float, CutUnit, int]:
             low, high, _, step, _ = sliders[unit]
             st.session_state[slider_key.format(unit)] = min(max(round(last[unit] / step) * step, low), high)
 
-    label = left.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key, on_change=same_cut_in_new_unit)
-    min_rank = right.radio("Minimum rank", [0, 1], horizontal=True, key=KEY_MIN_RANK + key)
+    label = unit_col.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key, on_change=same_cut_in_new_unit)
+    min_rank = rank_col.radio("Minimum rank", [0, 1], horizontal=True, key=KEY_MIN_RANK + key)
     unit = CUT_LABELS[label]
     low, high, start, step, title = sliders[unit]
     fmt = "%.3f" if unit == "relative" else "%.2f" if unit == "tau" else None
     key_now = initial(slider_key.format(unit), start, within(low, high))  # a kept value may be another adapter's
-    value = st.slider(title, low, high, step=step, format=fmt, key=key_now)
-    value = value / 100 if unit in ("energy", "params_fraction") else 10**value if unit == "tau" else value
-    return value, unit, int(min_rank)
+    value = slider_col.slider(title, low, high, step=step, format=fmt, key=key_now)
+    return slider_value(unit, value), unit, int(min_rank)
+
+
+def slider_value(unit: CutUnit, value: float) -> float:
+    """The library's value of the cut for a slider at `value` (percent -> fraction, log10 τ -> τ)."""
+    return value / 100 if unit in ("energy", "params_fraction") else 10**value if unit == "tau" else value
+
+
+def set_cut(index: ParaIndex, position: int, *, key: str = "") -> None:
+    """Move the current unit's slider to the step whose cut is `position` (or the nearest the steps allow).
+
+    For an `on_click` callback: a slider's value can only be set before it is drawn.
+    """
+    unit = CUT_LABELS[st.session_state.get(KEY_CUT_UNIT + key, next(iter(CUT_LABELS)))]
+    low, high, _, step, _ = _cut_sliders(index)[unit]
+    target = allocate_at(index, position)
+    now = {"energy": 100 * target.energy_kept, "params_fraction": 100 * target.params_fraction,
+           "relative": target.relative_tau, "mean_rank": target.mean_rank,
+           "tau": math.log10(target.tau) if target.tau > 0 else low}[unit]  # fmt: skip
+    base = math.floor(now / step)
+    candidates = [min(max(round((base + k) * step, 6), low), high) for k in range(-3, 5)]
+    best = min(
+        candidates, key=lambda v: (abs(cut_position(index, slider_value(unit, v), unit) - position), abs(v - now))
+    )
+    st.session_state[f"{KEY_CUT_VALUE}{key}-{unit}"] = best
 
 
 def _cut_sliders(index: ParaIndex) -> dict[str, tuple[float, float, float, float, str]]:
@@ -210,18 +234,19 @@ def remember_cut(allocation: RankAllocation, *, key: str = "") -> None:
 
 
 def show_cut_metrics(allocation: RankAllocation, bytes_per_param: int) -> None:
-    """The cut in every unit plus parameter and size savings."""
+    """The cut in every unit plus parameter and size savings: four metrics and one line (compact, so the rank map
+    and the sweep stay on screen below them)."""
     a = allocation
-    saved = 1 - a.params_fraction
     row = st.columns(4)
     total = f"of {a.n_params_before:,}"
     row[0].metric("LoRA params", f"{a.n_params_after:,}", total, delta_color="off", delta_arrow="off")  # no rise
-    row[1].metric("Params saved", f"{saved:.1%}")
-    row[2].metric("Size saved", f"{(a.n_params_before - a.n_params_after) * bytes_per_param / 1e6:.2f} MB")
-    row[3].metric("Energy kept", f"{a.energy_kept:.2%}")
-    row = st.columns(4)
+    row[1].metric("Params saved", f"{1 - a.params_fraction:.1%}")
+    row[2].metric("Energy kept", f"{a.energy_kept:.2%}")
+    row[3].metric("Relative error", f"{a.rel_error:.4f}", help="‖ΔW − ΔWₖ‖ / ‖ΔW‖ over the whole adapter")
     above = "> " if a.relative_tau > 1 else ""  # a cut above σ_max: no pooled component is kept
-    row[0].metric("τ", f"{above}{a.tau:.4g}")
-    row[1].metric("τ / σ_max", "> 1" if above else f"{a.relative_tau:.4f}")
-    row[2].metric("Mean rank", f"{a.mean_rank:.2f}")
-    row[3].metric("Relative error ‖ΔW−ΔWₖ‖/‖ΔW‖", f"{a.rel_error:.4f}")
+    relative = "> 1" if above else f"{a.relative_tau:.4f}"
+    size = (a.n_params_before - a.n_params_after) * bytes_per_param / 1e6
+    st.markdown(
+        f"τ = **{above}{a.tau:.4g}** · τ / σ_max = **{relative}** · mean rank **{a.mean_rank:.2f}** · "
+        f"{a.n_kept:,} of {sum(a.original_ranks):,} rank components kept · **{size:.2f} MB** saved"
+    )
