@@ -52,3 +52,30 @@ TYPE_LABELS = {
 def type_label(kind: str) -> str:
     """Short label of a module type: "attention.output.dense" -> "attention-out"; unknown types unchanged."""
     return TYPE_LABELS.get(kind, kind)
+
+
+def short_type_labels(kinds: Sequence[str]) -> dict[str, str]:
+    """Short, distinct labels for module types: BERT's known labels, else the last dotted component, each
+    kept only where it is unique among `kinds` (the whole type otherwise).
+
+    Example:
+        >>> short_type_labels(["self_attn.q_proj", "mlp.down_proj"])
+        {'self_attn.q_proj': 'q_proj', 'mlp.down_proj': 'down_proj'}
+    """
+    short = {kind: TYPE_LABELS.get(kind, kind.split(".")[-1]) for kind in kinds}
+    counts: dict[str, int] = {}
+    for label in short.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {kind: label if counts[label] == 1 else kind for kind, label in short.items()}
+
+
+# Llama / Mistral / Qwen projections in the order of the forward pass; BERT's follow TYPE_LABELS' order.
+FORWARD_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", *TYPE_LABELS.values())
+
+
+def forward_order(kinds: Sequence[str]) -> list[str]:
+    """Module types in forward-pass order where known (q, k, v, o, gate, up, down; BERT's query ... output),
+    the others after them in the order given."""
+    labels = {kind: TYPE_LABELS.get(kind, kind.split(".")[-1]) for kind in kinds}
+    rank = {label: i for i, label in enumerate(FORWARD_ORDER)}
+    return sorted(kinds, key=lambda kind: rank.get(labels[kind], len(rank)))  # stable: unknown keep their order

@@ -95,7 +95,7 @@ def test_spectra_filters_apply_to_the_heat_map_too(home):
     home.switch_page("pages/1_Spectra.py").run()
     home.multiselect(key="spectra_types").set_value(["attention.self.query"]).run()
     (heat_map,) = [c for c in home.get("plotly_chart") if "per module" in c.proto.spec]
-    assert '"x":["attention.self.query"]' in heat_map.proto.spec.replace(" ", "")  # one column: the type kept
+    assert '"y":["query"]' in heat_map.proto.spec.replace(" ", "")  # one row: the type kept
     home.multiselect(key="spectra_types").set_value([]).run()
     assert not home.get("plotly_chart") and "No module matches" in home.info[0].value
 

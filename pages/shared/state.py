@@ -31,6 +31,8 @@ KEY_SPECTRA_METRIC = "spectra_metric"
 KEY_PARA_TOLERANCE = "para_tolerance"  # how much worse than the uncompressed adapter the recommended cut may be
 KEY_PARA_SEARCHES = "para_searches"  # {(evaluator key, tolerance, min rank): CutSearch} of this session
 KEY_PARA_TABLE = "para_table"  # show the modules whose rank changed
+KEY_SPECTRA_COLOR = "spectra_color"  # color the curves by module type or by layer
+KEY_SPECTRA_HIGHLIGHT = "spectra_highlight"  # modules drawn on top
 KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at the same cut
 
 # Widget values kept when the user goes to another page (Streamlit drops the state of widgets a page does not
@@ -38,5 +40,6 @@ KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at
 KEPT_PREFIXES = (
     KEY_SOURCE, KEY_FOLDER, KEY_UPLOAD_KIND, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK, KEY_EXPORT_DIR,
     KEY_COMPARE_FOLDER, KEY_COMPARE_TASK, KEY_COMPARE_SOURCE, KEY_COMPARE_RUNS, KEY_COMPARE_SPLIT, KEY_PARA_EVAL_SPLIT,
-    KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_PARA_TOLERANCE, KEY_PARA_TABLE,
+    KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_SPECTRA_COLOR, KEY_SPECTRA_HIGHLIGHT,
+    KEY_PARA_TOLERANCE, KEY_PARA_TABLE,
 )  # fmt: skip
