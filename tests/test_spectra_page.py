@@ -4,6 +4,7 @@ and a heat map that keeps its height from 6 to 80 layers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def test_heat_map_keeps_its_height_from_6_to_80_layers(n_layers):
 def test_spectra_page_draws_the_para_pages_cut_and_a_highlight(home):
     home.switch_page("pages/2_PARA.py").run()
     home.slider[0].set_value(80.0).run()
-    tau = next(m.value for m in home.metric if m.label == "τ")
+    (tau,) = [m.group(1) for md in home.markdown if (m := re.match(r"τ = \*\*([0-9.e-]+)\*\*", md.value))]
     home.switch_page("pages/1_Spectra.py").run()
     assert not home.exception
     (curves,) = [c for c in home.get("plotly_chart") if "Singular value spectra" in c.proto.spec]

@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis.para import ParaIndex, RankAllocation, allocate_at, cut_position
 from pages.shared.state import KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK
-from pages.shared.widgets import CUT_LABELS, _cut_sliders
+from pages.shared.widgets import CUT_LABELS, _cut_sliders, slider_value
 
 # label -> (table column, scale for the heat map, what it says about a module)
 METRICS = {
@@ -56,8 +56,8 @@ def para_page_cut(index: ParaIndex) -> tuple[RankAllocation, str]:
     kept = st.session_state.get(f"{KEY_CUT_VALUE}-{unit}")
     is_kept = isinstance(kept, int | float) and low <= kept <= high  # as the PARA page checks a kept value
     shown = kept if is_kept else start
-    value = shown / 100 if unit in ("energy", "params_fraction") else 10**shown if unit == "tau" else shown
     min_rank = st.session_state.get(KEY_MIN_RANK, 0)
-    allocation = allocate_at(index, cut_position(index, value, unit), min_rank=1 if min_rank == 1 else 0)
+    position = cut_position(index, slider_value(unit, shown), unit)
+    allocation = allocate_at(index, position, min_rank=1 if min_rank == 1 else 0)
     where = "on the PARA page" if is_kept else "the PARA page's default"
     return allocation, f"PARA τ = {allocation.tau:.4g} ({label} at {shown:g}, {where})"
