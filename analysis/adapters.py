@@ -21,7 +21,9 @@ from analysis.formats.base import (
 )
 from analysis.formats.kohya import load_single_file
 from analysis.formats.peft import CONFIG_NAME, WEIGHT_NAMES, load_peft_folder
-from analysis.safe_io import AdapterError, extracted_zip
+from analysis.limits import check_limits
+from analysis.safe_io import AdapterError
+from analysis.safe_zip import extracted_zip
 
 __all__ = [
     "CONFIG_NAME",
@@ -52,21 +54,25 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         AdapterError: with one line naming the file, the module and the fix.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise AdapterError(f"{path}: no such file or folder; check the path")
-    if path.is_file() and path.name == CONFIG_NAME:
-        path = path.parent  # the config names its folder
     try:
+        if not path.exists():
+            raise AdapterError(f"{path}: no such file or folder; check the path")
+        if path.is_file() and path.name == CONFIG_NAME:
+            path = path.parent  # the config names its folder
         if path.is_file() and path.suffix.lower() == ".zip":
             with extracted_zip(path) as root:
                 try:
-                    adapter = _load_path(_find_adapter(root, str(path)), in_memory=True)
+                    adapter = check_limits(_load_path(_find_adapter(root, str(path)), in_memory=True))
                     return replace(adapter, source=str(path))
                 except AdapterError as err:  # name the file inside the zip, not the temporary folder
                     raise AdapterError(str(err).replace(str(root), str(path))) from None
-        return _load_path(_find_adapter(path, str(path)), in_memory=False)
+        return check_limits(_load_path(_find_adapter(path, str(path)), in_memory=False))
     except AdapterError:
         raise
+    except OSError as err:  # a folder that cannot be entered, a file that cannot be read
+        raise AdapterError(f"{path}: cannot be read ({err.strerror or err}); check its permissions") from None
+    except MemoryError:
+        raise AdapterError(f"{path}: needs more memory than this machine has; load a smaller adapter") from None
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError, RecursionError) as err:
         # a check this loader lacks: still one line naming the file, never a traceback in the app or the CLI
         raise AdapterError(

@@ -15,8 +15,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save as save_safetensors_bytes
 from safetensors.torch import save_file
 
+from analysis import atomic
 from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, base_altering_init, load_adapter
+from analysis.formats.base import is_finite
 from analysis.para import RankAllocation
 from analysis.spectra import truncated_factors
 from analysis.threads import engine_threads, map_workers
@@ -74,6 +74,29 @@ class RoundTrip:
 
 def _factor_dtype(module: LoraModule) -> torch.dtype:
     return module.A.dtype if module.A.is_floating_point() else torch.float32
+
+
+def _finite_factors(module: LoraModule, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`truncated_factors` in the source's dtype, or in float32 where that dtype cannot hold them (float16
+    factors near 65504 give balanced factors past its range): nothing non-finite is written."""
+    B_k, A_k = truncated_factors(module, k, dtype=_factor_dtype(module))
+    if not (is_finite(B_k) and is_finite(A_k)):
+        B_k, A_k = truncated_factors(module, k, dtype=torch.float32)
+    return B_k, A_k
+
+
+def check_all_finite(compressed: CompressedAdapter) -> None:
+    """Refuse to write an export with a NaN or Inf anywhere (a passed-through tensor of the source, say).
+
+    Raises:
+        ValueError: naming the first tensor that is not finite.
+    """
+    for key, t in compressed.tensors.items():
+        if t.is_floating_point() and not is_finite(t):
+            raise ValueError(
+                f"{compressed.source}: tensor {key!r} of the export holds NaN or Inf values, so nothing is written; "
+                "fix the source adapter (a diverged run: use an earlier checkpoint)"
+            )
 
 
 def pattern_key(name: str) -> str:
@@ -192,7 +215,7 @@ def compress_adapter(
     tensors: dict[str, torch.Tensor] = {}
     kept = [(module, k) for module, k in zip(adapter.modules, allocation.ranks, strict=True) if k > 0]
     with engine_threads():  # modules on worker threads, each with one-thread BLAS
-        factors = map_workers(lambda mk: truncated_factors(mk[0], mk[1], dtype=_factor_dtype(mk[0])), kept)
+        factors = map_workers(lambda mk: _finite_factors(*mk), kept)
     for (module, _), (B_k, A_k) in zip(kept, factors, strict=True):
         if format == "kohya":
             keys = adapter.single_file_keys.get(module.name, ("lora_down", "lora_up", True))
@@ -321,6 +344,7 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     """
     if not str(out_dir).strip():
         raise ValueError("no output folder given; name a new folder for the compressed adapter")
+    check_all_finite(compressed)
     try:
         out = Path(out_dir).expanduser().resolve()
     except RuntimeError:  # Python 3.11's resolve() on a symlink loop
@@ -340,11 +364,14 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
     try:
         made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this call creates
         out.parent.mkdir(parents=True, exist_ok=True)
-        (_write_file if as_file else _write_folder)(compressed, out)
-    except (OSError, SafetensorError) as err:  # name the target, not the hidden temporary beside it
+        atomic.sweep_temporaries(out)
+        (_write_file if as_file else _write_folder)(compressed, out, overwrite)
+    except (OSError, SafetensorError, ValueError) as err:  # name the target, not the hidden temporary beside it
         for folder in made:  # deepest first; only empty ones, so nothing that was there goes
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if isinstance(err, ValueError | FileExistsError):  # refused at write time (another writer was first)
+            raise
         raise _write_error(out, err) from None
     return out
 
@@ -367,7 +394,7 @@ def _check_folder_target(compressed: CompressedAdapter, out: Path, overwrite: bo
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out}: exists and is not empty; choose another folder or pass overwrite")
-        if others := _not_an_export(out):
+        if others := atomic.not_written(out, EXPORT_FILES):
             raise ValueError(
                 f"{out}: holds {others[0]!r}, which no export writes, so it is not replaced; choose another folder"
             )
@@ -383,70 +410,16 @@ def _check_file_target(compressed: CompressedAdapter, out: Path, overwrite: bool
         raise FileExistsError(f"{out}: exists; choose another file name or pass overwrite")
 
 
-MAX_NAME_IN_TEMP = 64  # of the target's name in a temporary's: a 255-byte target name must still work
+def _write_file(compressed: CompressedAdapter, out: Path, overwrite: bool) -> None:
+    atomic.write_file(out, lambda tmp: save_file(dict(compressed.tensors), tmp, metadata=dict(compressed.metadata)),
+                      overwrite=overwrite)  # fmt: skip
 
 
-def _temp_prefix(out: Path, kind: str = "partial") -> str:
-    """The hidden temporary's name prefix: the target's name, cut so that the whole stays a valid file name."""
-    return f".{out.name[:MAX_NAME_IN_TEMP]}.{kind}-"
-
-
-def _write_file(compressed: CompressedAdapter, out: Path) -> None:
-    """Write the one file to a hidden temporary file beside `out`, then rename it into place."""
-    handle, name = tempfile.mkstemp(prefix=_temp_prefix(out), dir=out.parent)
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        save_file(dict(compressed.tensors), tmp, metadata=dict(compressed.metadata))
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_folder(compressed: CompressedAdapter, out: Path) -> None:
-    """Write into a hidden temporary folder beside `out`, then rename it into place (replacing an old export)."""
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), dir=out.parent))
-    try:
-        _write_files(compressed, tmp)
-        mask = _umask()
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private: readable as a folder the user made would be
-        for file in tmp.iterdir():
-            file.chmod(0o666 & ~mask)
-            with file.open("rb") as f:
-                os.fsync(f.fileno())
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=_temp_prefix(out, "old"), dir=out.parent))
-            backup.rmdir()
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _write_folder(compressed: CompressedAdapter, out: Path, overwrite: bool) -> None:
+    atomic.write_folder(out, lambda tmp: _write_files(compressed, tmp), overwrite=overwrite, keep=EXPORT_FILES)
 
 
 EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", REPORT_NAME)
-
-
-def _not_an_export(folder: Path) -> list[str]:
-    """Entries of `folder` that `save_adapter` never writes: such a folder is the user's, not an old export."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask sets it, a race with other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def adapter_zip_bytes(compressed: CompressedAdapter, *, folder_name: str = "adapter") -> bytes:
@@ -463,6 +436,7 @@ def adapter_zip_bytes(compressed: CompressedAdapter, *, folder_name: str = "adap
 
 def adapter_file_bytes(compressed: CompressedAdapter) -> bytes:
     """The weights file `save_adapter` writes, in memory: for kohya, the whole adapter in one file."""
+    check_all_finite(compressed)
     return save_safetensors_bytes(dict(compressed.tensors), dict(compressed.metadata))
 
 

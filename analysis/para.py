@@ -268,7 +268,8 @@ def para_sweep(index: ParaIndex, n_points: int = 201) -> ParaSweep:
     before = index.n_params_before or 1
     total = index.total_energy or 1.0
     energy = index.cum_energy[p] / total
-    tau = np.where(p > 0, index.values[np.maximum(p - 1, 0)], index.sigma_max)
+    tau = np.full(p.shape, index.sigma_max, dtype=np.float64)  # keeping nothing: τ at σ_max
+    tau[p > 0] = index.values[p[p > 0] - 1]  # an adapter whose every module has rank 0 has no values at all
     return ParaSweep(
         n_kept=p,
         params_fraction=index.cum_params[p] / before,

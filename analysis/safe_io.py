@@ -1,7 +1,8 @@
-"""Reading files users bring without trusting them: safetensors headers, pickles, zips.
+"""Reading files users bring without trusting them: safetensors headers, pickles, JSON configs.
 
-Every check runs before any large allocation, nothing here runs code from a file, and every failure is an
-`AdapterError` with one line naming the file and the fix. No streamlit here.
+Every check runs before any large allocation (declared sizes against the bytes there are), nothing here
+runs code from a file, and every failure is an `AdapterError` with one line naming the file and the fix.
+Zips are in `analysis/safe_zip.py`. No streamlit here.
 """
 
 from __future__ import annotations
@@ -11,23 +12,21 @@ import json
 import math
 import mmap
 import os
-import shutil
+import re
 import stat
 import struct
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
-# Limits for zip uploads (checked from the zip directory before extraction, and again while extracting,
-# since the directory's sizes can lie).
-MAX_ZIP_FILES = 256
-MAX_ZIP_BYTES = 4 * 1024**3
-MAX_HEADER_BYTES = 100 * 1024**2
+MAX_HEADER_BYTES = 100 * 1024**2  # safetensors' own limit
+# Tensors in one weights file: an all-linear LoRA of a 70B LLM with DoRA has ~1,700, a full SDXL kohya LoRA
+# ~2,400; each costs Python work per module, so a file of millions of empty tensors is refused at once.
+MAX_TENSORS = 65_536
+# A real adapter_config.json is ~1 kB; a rank_pattern of 10,000 modules ~1 MB.
+MAX_CONFIG_BYTES = 16 * 1024**2
 # Safetensors dtype name -> bytes per element.
 SAFETENSORS_DTYPES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -38,8 +37,73 @@ SAFETENSORS_DTYPES = {
 class AdapterError(ValueError):
     """A file the user brought cannot be read as a LoRA adapter.
 
-    The message is one line that names the file, the module (when there is one) and the fix.
+    The message is one line that names the file, the module (when there is one) and the fix. Control
+    characters in it (a newline or a terminal escape in a zip entry's or a module's name) are escaped, so the
+    line stays one line and shows what the name holds.
     """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters written as escapes (`\\n`, `\\x1b`): one printable line."""
+    return _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text)
+
+
+def parse_json(raw: bytes | str, *, reject_duplicates: bool = False) -> object:
+    """`json.loads` with one plain message for an integer past Python's digit limit (not its advice to raise
+    the limit) and, optionally, duplicate keys refused.
+
+    Raises:
+        ValueError: invalid JSON, a duplicate key, an integer too long (json.JSONDecodeError is one).
+    """
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        out = dict(items)
+        if len(out) != len(items):
+            seen: set[str] = set()
+            twice = next(k for k, _ in items if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise ValueError(f"the key {twice!r} appears twice")
+        return out
+
+    try:
+        return json.loads(raw, object_pairs_hook=pairs if reject_duplicates else None)
+    except ValueError as err:
+        if "int_max_str_digits" in str(err) or "integer string conversion" in str(err):
+            raise ValueError("an integer of thousands of digits") from None
+        raise
+
+
+def read_json_file(file: Path, what: str) -> object:
+    """A JSON file read with its size capped at MAX_CONFIG_BYTES (checked on the open file, so a symlink to
+    something huge or a device is refused before it is read).
+
+    Raises:
+        AdapterError: not a regular file, over the cap, not UTF-8 or not valid JSON; `what` names the fix.
+    """
+    try:
+        with file.open("rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise AdapterError(f"{file}: is not a regular file; {what}")
+            if info.st_size > MAX_CONFIG_BYTES:
+                raise AdapterError(
+                    f"{file}: is {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES >> 20} MiB a config may "
+                    f"have; {what}"
+                )
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise AdapterError(f"{file}: cannot be read ({err.strerror or err}); {what}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{file}: is over the {MAX_CONFIG_BYTES >> 20} MiB a config may have; {what}")
+    try:
+        return parse_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise AdapterError(f"{file}: not valid JSON ({str(err)[:80]}); {what}") from None
 
 
 def check_safetensors_header(path: Path) -> dict:
@@ -62,16 +126,21 @@ def check_safetensors_header(path: Path) -> dict:
                 "the file is truncated or not safetensors"
             )
         raw = f.read(n_header)
+    if (n_entries := raw.count(b'"data_offsets"')) > MAX_TENSORS:  # counted before the (slow) parse
+        raise _too_many(path, n_entries)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise AdapterError(f"{path}: the safetensors header is not valid JSON; the file is corrupt") from None
+        header = parse_json(raw.decode("utf-8"), reject_duplicates=True)  # safetensors refuses duplicates too
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = f" ({err})" if "twice" in str(err) or "digits" in str(err) else ""  # ours, not the decoder's
+        raise AdapterError(f"{path}: the safetensors header is not valid JSON{reason}; the file is corrupt") from None
     if not isinstance(header, dict):
         raise AdapterError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
     if not isinstance(header.get("__metadata__", {}), dict):
         raise AdapterError(f"{path}: the safetensors __metadata__ is not a JSON object; the file is corrupt")
     data_size = size - 8 - n_header
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > MAX_TENSORS:
+        raise _too_many(path, len(entries))
     spans = []
     for key, info in entries.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
@@ -96,6 +165,13 @@ def check_safetensors_header(path: Path) -> dict:
         if begin_b < end_a:
             raise AdapterError(f"{path}: tensors {key_a!r} and {key_b!r} overlap in the file; the file is corrupt")
     return entries
+
+
+def _too_many(path: Path, n: int) -> AdapterError:
+    return AdapterError(
+        f"{path}: {n:,} tensors, over the limit of {MAX_TENSORS:,} (no adapter has that many modules); "
+        "point at the adapter itself"
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -143,7 +219,7 @@ def read_safetensors(
     buffer = _map_file(path, in_memory=in_memory)
     (n_header,) = struct.unpack("<Q", buffer[:8])
     start = 8 + n_header
-    metadata = json.loads(bytes(buffer[8:start])).get("__metadata__") or {}
+    metadata = parse_json(bytes(buffer[8:start])).get("__metadata__") or {}  # type: ignore[union-attr]
     tensors = {}
     for key, info in entries.items():
         dtype, shape = TORCH_DTYPES[info["dtype"]], info["shape"]
@@ -166,9 +242,16 @@ def content_digest(buffer: mmap.mmap | bytearray, extra: bytes = b"") -> str:
 
 
 def read_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A `.bin` state dict through torch's tensors-only unpickler: anything else is refused, nothing runs."""
-    if path.stat().st_size == 0:
+    """A `.bin` state dict through torch's tensors-only unpickler: anything else is refused, nothing runs.
+
+    Only torch's zip format is read, and only with its entries stored uncompressed (as torch.save writes
+    them) and within the file's bytes, so the unpickler never inflates or allocates more than the file holds;
+    a tensor that claims more values than its storage holds (a stride-0 view) is refused.
+    """
+    size = path.stat().st_size
+    if size == 0:
         raise AdapterError(f"{path}: the file is empty; re-export or re-download the adapter")
+    _check_torch_zip(path, size)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -179,62 +262,34 @@ def read_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise AdapterError(f"{path}: the pickle is not a flat dict of tensors; convert it to safetensors")
+    if len(state) > MAX_TENSORS:
+        raise AdapterError(f"{path}: {len(state):,} tensors, over the limit of {MAX_TENSORS:,}; point at the adapter")
+    for key, t in state.items():
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise AdapterError(
+                f"{path}: tensor {key!r} claims {t.numel():,} values but its storage holds "
+                f"{t.untyped_storage().nbytes():,} bytes (a stride-0 view, not saved data); re-save the adapter"
+            )
     return state
 
 
-def _check_zip_entry(zip_path: str, info: zipfile.ZipInfo) -> None:
-    name = info.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise AdapterError(f"{zip_path}: refused zip entry {name!r} (path outside the archive); re-zip the folder")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise AdapterError(f"{zip_path}: refused zip entry {name!r} (a symbolic link); re-zip without links")
-
-
-@contextmanager
-def extracted_zip(zip_file: Path) -> Iterator[Path]:
-    """Extract a zip into a private temp folder (removed afterwards) after checking every entry.
-
-    Refuses path traversal, absolute paths and symlinks; caps the file count (MAX_ZIP_FILES) and the total
-    uncompressed size (MAX_ZIP_BYTES), both from the directory and while extracting.
-    """
+def _check_torch_zip(path: Path, size: int) -> None:
+    """The `.bin` is torch's zip format with stored entries that fit in the file (checked before unpickling)."""
     try:
-        archive = zipfile.ZipFile(zip_file)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise AdapterError(f"{zip_file}: not a valid zip archive ({err}); re-create the zip") from None
-    tmp = Path(tempfile.mkdtemp(prefix="lora-rank-lab-zip-"))
-    try:
-        try:
-            with archive:
-                _extract_checked(archive, zip_file, tmp)
-        # RuntimeError: an encrypted entry (zipfile asks for a password)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError) as err:
-            reason = str(err).replace(str(tmp), str(zip_file))  # name the zip, not the temporary folder
-            raise AdapterError(f"{zip_file}: cannot extract ({type(err).__name__}: {reason}); re-zip it") from None
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _extract_checked(archive: zipfile.ZipFile, zip_file: Path, dest: Path) -> None:
-    infos = archive.infolist()
-    if len(infos) > MAX_ZIP_FILES:
-        raise AdapterError(f"{zip_file}: {len(infos)} entries exceed the limit of {MAX_ZIP_FILES}; zip less")
-    too_big = f"{zip_file}: uncompressed size exceeds {MAX_ZIP_BYTES >> 30} GiB; zip only the adapter"
-    if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-        raise AdapterError(too_big)
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise AdapterError(
+            f"{path}: refused to unpickle (not torch's zip format: a legacy or raw pickle, whose declared sizes "
+            "cannot be checked first); re-save it with torch.save from torch >= 1.6 or convert it to safetensors"
+        ) from None
+    if len(infos) > MAX_TENSORS + 16:
+        raise AdapterError(f"{path}: {len(infos):,} entries, over the limit of {MAX_TENSORS:,}; point at the adapter")
     for info in infos:
-        _check_zip_entry(str(zip_file), info)
-    written = 0
-    for info in infos:
-        target = dest / info.filename
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as src, target.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > MAX_ZIP_BYTES:  # the directory's sizes can lie
-                    raise AdapterError(too_big)
-                dst.write(chunk)
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise AdapterError(
+                f"{path}: entry {info.filename!r} is compressed ({info.compress_size:,} -> {info.file_size:,} bytes), "
+                "which torch.save never writes (a deflate bomb?); re-save it with torch.save or use safetensors"
+            )
+    if sum(i.file_size for i in infos) > size:
+        raise AdapterError(f"{path}: its entries claim more bytes than the file has; the file is corrupt")

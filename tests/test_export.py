@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import analysis.export as export
+from analysis import atomic
 from analysis.adapters import load_adapter
 from analysis.export import (
     adapter_file_bytes,
@@ -312,7 +313,7 @@ def test_save_adapter_refuses_source_and_non_empty_target(tmp_path, tiny_peft_di
 def test_save_adapter_writes_files_others_can_read(tmp_path, adapter_and_cut):
     adapter, allocation = adapter_and_cut
     out = save_adapter(compress_adapter(adapter, allocation), tmp_path / "out")
-    mask = export._umask()
+    mask = atomic.umask()
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # as a folder the user made, not mkdtemp's 0700
     for file in out.iterdir():
         assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file.name

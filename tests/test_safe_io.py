@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.adapters import AdapterError, load_adapter
-from analysis.safe_io import MAX_ZIP_FILES, check_safetensors_header
+from analysis.safe_io import check_safetensors_header
+from analysis.safe_zip import MAX_ZIP_FILES
 
 
 class RunsCode:
@@ -66,9 +67,9 @@ def test_zip_hostile_entries_are_refused(tmp_path, entries, symlink, message):
 
 
 def test_zip_bomb_is_refused_from_the_directory(tmp_path, monkeypatch):
-    import analysis.safe_io as safe_io
+    import analysis.safe_zip as safe_zip
 
-    monkeypatch.setattr(safe_io, "MAX_ZIP_BYTES", 1 << 20)
+    monkeypatch.setattr(safe_zip, "MAX_ZIP_BYTES", 1 << 20)
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("adapter/adapter_model.safetensors", b"\0" * (2 << 20))  # 2 MiB of zeros compress to ~2 kB

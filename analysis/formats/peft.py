@@ -21,7 +21,7 @@ from analysis.formats.base import (
     no_lora_error,
     split_keys,
 )
-from analysis.safe_io import AdapterError, read_pickled_tensors, read_safetensors
+from analysis.safe_io import AdapterError, read_json_file, read_pickled_tensors, read_safetensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -35,10 +35,7 @@ PEFT_KEY = re.compile(
 
 def _read_config(folder: Path) -> dict[str, Any]:
     file = folder / CONFIG_NAME
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise AdapterError(f"{file}: not valid JSON ({str(err)[:80]}); fix or re-save the config") from None
+    config = read_json_file(file, "fix or re-save the config")  # size-capped, symlinks too
     if not isinstance(config, dict):
         raise AdapterError(f"{file}: expected a JSON object; re-save the config with peft")
     peft_type = str(config.get("peft_type", "")).upper()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -74,16 +76,29 @@ def is_loaded_from(adapter: LoraAdapter, entry: Path) -> bool:
 def load_path(path: str | Path) -> LoraAdapter:
     """Load through the cache; raises AdapterError with the loader's one-line message."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise AdapterError(f"{path}: no such file or folder on the server; check the path")
-    return cache.cached_adapter(str(path.resolve()), _last_change_ns(path))
+    try:
+        if not path.exists():
+            raise AdapterError(f"{path}: no such file or folder on the server; check the path")
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as err:  # a folder that cannot be entered; a symlink loop
+        raise AdapterError(
+            f"{path}: cannot be opened ({getattr(err, 'strerror', None) or err}); check the path"
+        ) from None
+    return cache.cached_adapter(str(resolved), _last_change_ns(path))
 
 
 def _last_change_ns(path: Path) -> int:
     """Latest mtime of `path` and what lies up to two levels in it (a run's adapter/ folder): a file rewritten
     in place changes its own mtime, not its folder's, and the cache must read it again."""
-    entries = [path, *path.glob("*"), *path.glob("*/*")] if path.is_dir() else [path]
-    return max(p.stat().st_mtime_ns for p in entries if p.exists())
+    entries = itertools.chain([path], path.glob("*"), path.glob("*/*")) if path.is_dir() else [path]
+    latest = 0
+    for entry in itertools.islice(entries, MAX_WATCHED):  # `/proc` or `/` is a path too: look at a bounded few
+        with contextlib.suppress(OSError):  # an entry that vanished or cannot be read (`/proc/<pid>/...`)
+            latest = max(latest, entry.stat().st_mtime_ns)
+    return latest
+
+
+MAX_WATCHED = 2_000  # entries `_last_change_ns` looks at; an adapter folder or run record has a few dozen
 
 
 def set_adapter(load) -> bool:
@@ -169,7 +184,9 @@ def cut_ui(index: ParaIndex, *, key: str = "") -> tuple[float, CutUnit, int]:
         last = st.session_state.get(KEY_CUT_LAST + key, {})  # read now: the cut of the latest run
         if unit in last:
             low, high, _, step, _ = sliders[unit]
-            st.session_state[slider_key.format(unit)] = min(max(round(last[unit] / step) * step, low), high)
+            # a cut that keeps everything has τ = 0, log10 τ = -inf: the slider's end, not round(-inf)
+            at = last[unit] if math.isfinite(last[unit]) else (low if last[unit] < 0 else high)
+            st.session_state[slider_key.format(unit)] = min(max(round(at / step) * step, low), high)
 
     label = unit_col.selectbox("Cut unit", list(CUT_LABELS), key=KEY_CUT_UNIT + key, on_change=same_cut_in_new_unit)
     min_rank = rank_col.radio("Minimum rank", [0, 1], horizontal=True, key=KEY_MIN_RANK + key)
