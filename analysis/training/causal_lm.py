@@ -105,6 +105,16 @@ def bbc_articles() -> list[tuple[str, str]]:
     return articles
 
 
+def held_out_records(seed: int = 0) -> list[dict[str, str]]:
+    """The held-out articles of a run with `seed`, in the order its chunks are drawn from: {"id", "text"} each.
+
+    Written as JSONL, they are a data file that `python -m analysis evaluate` scores exactly as the run did.
+    """
+    articles = bbc_articles()
+    random.Random(seed).shuffle(articles)
+    return [{"id": i, "text": body} for i, body in articles[: round(len(articles) * HELD_OUT_FRACTION)]]
+
+
 def _chunks(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     """Each text's tokens cut into consecutive chunks of `seq_len` (a shorter tail is dropped)."""
     rows = []

