@@ -132,16 +132,6 @@ def test_evaluate_cli_prints_the_uncompressed_and_each_cut(llama, capsys):
     assert f"perplexity {expected:.3f}" in out[2]
 
 
-def test_evaluate_main_cli_has_the_command(bert, capsys):
-    from analysis.__main__ import main
-
-    base_dir, adapter_dir, labelled = bert
-    argv = ["evaluate", str(adapter_dir), "--base", str(base_dir), "--data", str(labelled), "--energy", "0.9"]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "uncompressed accuracy" in out and "energy 0.9" in out
-
-
 # -- bad input: one line each ------------------------------------------------------------------------------------
 
 
