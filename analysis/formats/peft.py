@@ -21,6 +21,7 @@ from analysis.formats.base import (
     no_lora_error,
     split_keys,
 )
+from analysis.patterns import MATCH_BUDGET_S, MatchBudget, PatternTimeout, pattern_problem
 from analysis.safe_io import AdapterError, read_json_file, read_pickled_tensors, read_safetensors
 
 CONFIG_NAME = "adapter_config.json"
@@ -74,16 +75,22 @@ def _check_config_values(file: Path, config: Mapping[str, Any], *, is_adalora: b
                 continue
             if not (is_count(value) if key == "rank_pattern" else is_number(value)):
                 raise bad(f"{key}[{name!r}]", value, "a whole number" if key == "rank_pattern" else "a finite number")
-            try:
-                re.compile(name)
-            except re.error as err:
-                raise bad(f"{key} key", name, f"a valid regular expression ({err})") from None
+            if problem := pattern_problem(name):  # matched in bounded time only (analysis/patterns.py)
+                raise bad(f"{key} key", name, f"a module pattern that matches in bounded time: {problem}")
+    for key in ("target_modules", "exclude_modules"):  # peft matches a string as one regex, with Python's re
+        if isinstance(config.get(key), str) and (problem := pattern_problem(config[key])):
+            raise bad(key, config[key], f"a module pattern that matches in bounded time: {problem}")
 
 
-def pattern_value(pattern: Mapping[str, Any], name: str) -> tuple[str, Any] | None:
-    """PEFT's rank_pattern / alpha_pattern rule: keys are regexes matched as dotted suffixes, first wins."""
+def pattern_value(pattern: Mapping[str, Any], name: str, budget: MatchBudget | None = None) -> tuple[str, Any] | None:
+    """PEFT's rank_pattern / alpha_pattern rule: keys are regexes matched as dotted suffixes, first wins.
+
+    Raises:
+        PatternTimeout: matching took longer than `budget` allows (a fresh MatchBudget if None).
+    """
+    budget = budget or MatchBudget()
     for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", name):
+        if budget.matches_suffix(key, name):
             return key, value
     return None
 
@@ -105,7 +112,14 @@ def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     if not parts:
         raise no_lora_error(weights, tensors)
     fingerprint = adapter_fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
-    modules = [_peft_module(weights, config, name, p, is_adalora) for name, p in parts.items()]
+    budget = MatchBudget()  # for all of this config's pattern matching
+    try:
+        modules = [_peft_module(weights, config, name, p, is_adalora, budget) for name, p in parts.items()]
+    except PatternTimeout as err:
+        raise AdapterError(
+            f"{folder / CONFIG_NAME}: matching the pattern key {err.args[0]!r} against the module names took over "
+            f"{MATCH_BUDGET_S:g} s; write it as a plain module path"
+        ) from None
     check_finite(weights, modules)
     return LoraAdapter(
         source=str(folder),
@@ -119,7 +133,9 @@ def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     )
 
 
-def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_adalora: bool) -> LoraModule:
+def _peft_module(
+    file: Path, config: Mapping[str, Any], name: str, p: dict, is_adalora: bool, budget: MatchBudget | None = None
+) -> LoraModule:
     is_embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
     A = p.get("lora_embedding_A" if is_embedding else "lora_A")
     B = p.get("lora_embedding_B" if is_embedding else "lora_B")
@@ -160,7 +176,7 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
         # is the kept rank once peft resizes the module to its rank_pattern at load
         scaling = (alpha if alpha > 0 else r) / (init_r + 1e-5)
         return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
-    matched = pattern_value(rank_pattern, name)
+    matched = pattern_value(rank_pattern, name, budget)
     expected_r = int(matched[1]) if matched else int(config.get("r", 8))
     if expected_r != r:
         source = f"rank_pattern key {matched[0]!r}" if matched else "r"
@@ -168,7 +184,7 @@ def _peft_module(file: Path, config: Mapping[str, Any], name: str, p: dict, is_a
             f"{file}: module {name} has rank {r} in the tensors but the config says {expected_r} ({source}); "
             "fix r / rank_pattern in adapter_config.json"
         )
-    matched_alpha = pattern_value(config.get("alpha_pattern") or {}, name)
+    matched_alpha = pattern_value(config.get("alpha_pattern") or {}, name, budget)
     alpha = float(matched_alpha[1]) if matched_alpha else alpha
     if r == 0:
         scaling = 0.0  # an empty module: its update is zero whatever the scale
