@@ -107,13 +107,16 @@ def _cmd_compress(adapter: LoraAdapter, args: argparse.Namespace) -> None:
     allocation = allocate_ranks(
         para_index(adapter_spectra(adapter, device=args.device)), value, unit, min_rank=args.min_rank
     )
-    if args.format == "kohya" and adapter.format != "kohya":
+    if args.format in ("kohya", "diffusers") and not adapter.is_single_file:
         raise ValueError(
-            f"--format kohya needs a kohya input, but {adapter.source} is {adapter.format}; use --format peft"
+            f"--format {args.format} needs a kohya / diffusers input, but {adapter.source} is {adapter.format}; "
+            "use --format peft"
         )
-    compressed = compress_adapter(adapter, allocation, format=args.format)  # None: kohya input stays kohya
+    compressed = compress_adapter(adapter, allocation, format=args.format)  # None: a single file keeps its layout
     out = save_adapter(compressed, args.out, overwrite=args.overwrite)
     print(_describe(allocation))
+    if allocation.held:
+        print(f"kept {len(allocation.held)} DoRA module(s) at rank 1 that the cut drops (peft holds none at rank 0)")
     print(f"wrote {out}")
 
 
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("adapter", help="PEFT folder, AdaLoRA folder, kohya .safetensors or .zip")
+        p.add_argument("adapter", help="PEFT folder, AdaLoRA folder, kohya / diffusers .safetensors or .zip")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         return p
 
@@ -165,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ending in .safetensors is written as that one file",
     )
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
-    p.add_argument("--format", choices=["peft", "kohya"], help="default: kohya for a kohya input, else peft")
+    p.add_argument(
+        "--format",
+        choices=["peft", "kohya", "diffusers"],
+        help="default: a kohya / diffusers file keeps its own layout, anything else is written as peft",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
 
     p = add("sweep", "the whole params / energy / error curve as CSV")

@@ -19,10 +19,11 @@ from analysis.formats.base import (
     ModuleKind,
     base_altering_init,
 )
-from analysis.formats.kohya import load_single_file
+from analysis.formats.diffusers import is_diffusers_file, load_diffusers_file
+from analysis.formats.kohya import load_kohya_file
 from analysis.formats.peft import CONFIG_NAME, WEIGHT_NAMES, load_peft_folder
 from analysis.limits import check_limits
-from analysis.safe_io import AdapterError
+from analysis.safe_io import AdapterError, read_safetensors
 from analysis.safe_zip import extracted_zip
 
 __all__ = [
@@ -119,9 +120,22 @@ def _load_path(path: Path, *, in_memory: bool) -> LoraAdapter:
     if path.suffix.lower() == ".safetensors":
         if (path.parent / CONFIG_NAME).is_file() and path.name == WEIGHT_NAMES[0]:
             return load_peft_folder(path.parent, in_memory=in_memory)
-        return load_single_file(path, in_memory=in_memory)
+        return _load_single_file(path, in_memory=in_memory)
     if path.suffix.lower() in (".bin", ".pt", ".pth"):
         if (path.parent / CONFIG_NAME).is_file():
             return load_peft_folder(path.parent, in_memory=in_memory)
         raise AdapterError(f"{path}: a pickled file without {CONFIG_NAME} beside it; add the config or use a folder")
     raise AdapterError(f"{path}: unknown adapter format; expected a folder, .safetensors, .bin or .zip")
+
+
+def _load_single_file(file: Path, *, in_memory: bool) -> LoraAdapter:
+    """A single .safetensors without a config: diffusers' layout (lora_A/lora_B under component prefixes, maybe
+    with its `lora_adapter_metadata` header) or kohya's / LyCORIS' (lora_down/lora_up, alpha per module)."""
+    tensors, metadata, buffer = read_safetensors(file, in_memory=in_memory)
+    if any(k.startswith(PEFT_PREFIX) for k in tensors):
+        raise AdapterError(
+            f"{file}: PEFT weights with no {CONFIG_NAME} beside them (the scale is unknown); copy the config there"
+        )
+    if is_diffusers_file(tensors, metadata):
+        return load_diffusers_file(file, tensors, metadata, buffer)
+    return load_kohya_file(file, tensors, metadata, buffer)

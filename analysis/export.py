@@ -2,9 +2,11 @@
 
 PEFT output folds each module's scale into balanced factors and sets rank_pattern = alpha_pattern = k
 (scale 1), so it loads in any PEFT reader and in vLLM; rank-0 modules are left out and listed in
-`exclude_modules`. kohya output keeps the file's own keys (alpha = k) and its metadata, marked as kohya
-marks a resized file, in a folder or as one .safetensors. Writes are atomic (a hidden temporary beside the
-target, then a rename); the source adapter is never touched. No streamlit here.
+`exclude_modules`. A kohya or diffusers file is written in its own layout with its metadata, in a folder or
+as one .safetensors: kohya keys with one alpha in every module (k / alpha folded into the factors, so kohya
+and diffusers read the same update), diffusers keys at scale 1 with their `lora_adapter_metadata` header
+rewritten for the new ranks; the layouts themselves are in `analysis/formats/`. Writes are atomic (a hidden
+temporary beside the target, then a rename); the source adapter is never touched. No streamlit here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import dataclasses
 import io
 import json
 import os
-import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,17 +30,35 @@ from safetensors.torch import save_file
 from analysis import atomic
 from analysis.adapters import PEFT_PREFIX, LoraAdapter, LoraModule, base_altering_init, load_adapter
 from analysis.formats.base import is_finite
+from analysis.formats.diffusers import HEADER_KEY, diffusers_header
+from analysis.formats.kohya import STALE_METADATA_KEYS, kohya_alpha, kohya_metadata, kohya_tensors, single_file_name
+from analysis.formats.peft import ADALORA_FIELDS, pattern_key, peft_config, peft_tensors
 from analysis.para import RankAllocation
 from analysis.spectra import truncated_factors
 from analysis.threads import engine_threads, map_workers
 
-ExportFormat = Literal["peft", "kohya"]
+ExportFormat = Literal["peft", "kohya", "diffusers"]
+SINGLE_FILE = ("kohya", "diffusers")  # one .safetensors in the source file's own layout
 REPORT_NAME = "RANKS.md"
 # Relative error an export may show against the truncated SVD; factors stored in 16 bits are rounded to their own
 # precision (bfloat16: 7.8e-3), so those are held to one unit of it instead. A broken export is off by O(1).
 ROUND_TRIP_TOL = 1e-3
-# AdaLoRA-only config fields that a plain LoRA config must not carry.
-ADALORA_FIELDS = ("target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
+__all__ = [
+    "ADALORA_FIELDS",
+    "STALE_METADATA_KEYS",
+    "CompressedAdapter",
+    "RoundTrip",
+    "adapter_file_bytes",
+    "adapter_zip_bytes",
+    "check_round_trip",
+    "compress_adapter",
+    "export_formats",
+    "kohya_metadata",
+    "pattern_key",
+    "peft_config",
+    "save_adapter",
+    "single_file_name",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,38 +118,6 @@ def check_all_finite(compressed: CompressedAdapter) -> None:
             )
 
 
-def pattern_key(name: str) -> str:
-    """A rank_pattern key that matches exactly this module under PEFT's `(.*\\.)?(key)$` rule (PEFT >= 0.15)."""
-    return "^" + re.escape(name)
-
-
-def _peft_tensors(module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> dict[str, torch.Tensor]:
-    prefix = PEFT_PREFIX + module.name
-    k = A_k.shape[0]
-    if module.kind == "embedding":
-        return {f"{prefix}.lora_embedding_A": A_k, f"{prefix}.lora_embedding_B": B_k}
-    if module.kind == "conv":
-        A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
-        B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
-    return {f"{prefix}.lora_A.weight": A_k, f"{prefix}.lora_B.weight": B_k}
-
-
-def _kohya_tensors(
-    module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor, keys: tuple[str, str, bool]
-) -> dict[str, torch.Tensor]:
-    """The module in its source file's layout: kohya's lora_down/lora_up (+ alpha) or diffusers' lora_A/lora_B."""
-    k = A_k.shape[0]
-    down, up, has_alpha = keys
-    if module.kind == "conv":
-        A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
-        B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
-    tensors = {f"{module.name}.{down}.weight": A_k, f"{module.name}.{up}.weight": B_k}
-    if has_alpha or down == "lora_down":
-        # alpha = k so that kohya's alpha / rank scale is 1: the scale is already folded into the factors.
-        tensors[f"{module.name}.alpha"] = torch.tensor(float(k))  # float32: bfloat16 would round ranks above 256
-    return tensors
-
-
 def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
     """Markdown report of one cut: the threshold in every unit and the rank of every module."""
     a = allocation
@@ -149,6 +136,7 @@ def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
         f"| relative Frobenius error | {a.rel_error:.6f} |",
         f"| min rank | {a.min_rank} |",
         f"| max rank (vLLM --max-lora-rank) | {max(a.ranks, default=0)} |",
+        *([f"| DoRA modules kept at rank 1 (peft holds none at rank 0) | {len(a.held)} |"] if a.held else []),
         "",
         "| module | rank | of | energy kept | rel. error |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -163,12 +151,14 @@ def rank_report(adapter: LoraAdapter, allocation: RankAllocation) -> str:
 def export_formats(adapter: LoraAdapter) -> list[ExportFormat]:
     """The formats `adapter` can be written in, the natural one first.
 
-    A kohya file writes back as kohya; as PEFT too where its module names are model paths (diffusers-style
-    keys), since PEFT matches modules by path and a flattened kohya name (`lora_unet_..._to_q`) matches none.
+    A kohya or diffusers file writes back in its own layout; as PEFT too where its module names are model
+    paths (diffusers-style keys), since PEFT matches modules by path and a flattened kohya name
+    (`lora_unet_..._to_q`) matches none.
     """
-    if adapter.format != "kohya":
+    if not adapter.is_single_file:
         return ["peft"]
-    return ["kohya", "peft"] if all("." in m.name for m in adapter.modules) else ["kohya"]
+    own: ExportFormat = adapter.format  # type: ignore[assignment]  # "kohya" or "diffusers"
+    return [own, "peft"] if all("." in m.name for m in adapter.modules) else [own]
 
 
 def compress_adapter(
@@ -179,8 +169,8 @@ def compress_adapter(
     Args:
         adapter: the source adapter (not modified).
         allocation: ranks per module, in `adapter.modules` order (from `allocate_ranks` on its spectra).
-        format: "peft" (folder for PeftModel.from_pretrained) or "kohya" (a kohya/diffusers input's own
-            layout); default: the first of `export_formats(adapter)`.
+        format: "peft" (folder for PeftModel.from_pretrained), or "kohya" / "diffusers": a single-file
+            input's own layout (either name writes the file's own); default: the first of `export_formats`.
 
     Returns:
         Config, tensors and a rank report, ready for `save_adapter` or `adapter_zip_bytes`.
@@ -189,10 +179,12 @@ def compress_adapter(
         ValueError: if the allocation was made for another adapter, or kohya output for a non-kohya input.
     """
     format = format or export_formats(adapter)[0]
-    if format == "kohya" and adapter.format != "kohya":
-        raise ValueError(f"format='kohya' needs a kohya input, got {adapter.format}; use format='peft'")
-    if format not in ("peft", "kohya"):
-        raise ValueError(f"format must be 'peft' or 'kohya', got {format!r}")
+    if format not in ("peft", *SINGLE_FILE):
+        raise ValueError(f"format must be 'peft', 'kohya' or 'diffusers', got {format!r}")
+    if format in SINGLE_FILE and not adapter.is_single_file:
+        raise ValueError(f"format={format!r} needs a kohya input, got {adapter.format}; use format='peft'")
+    if format in SINGLE_FILE:
+        format = adapter.format  # the file's own layout
     names = tuple(m.name for m in adapter.modules)
     if allocation.names != names:
         raise ValueError("allocation does not belong to this adapter (module names differ); allocate on its spectra")
@@ -212,57 +204,31 @@ def compress_adapter(
             f"{adapter.source}: kohya module names (e.g. {next(n for n in names if '.' not in n)!r}) are no model "
             "paths that PEFT can match; export in kohya format (format='kohya', --format kohya)"
         )
+    if dora := [m.name for m, k in zip(adapter.modules, allocation.ranks, strict=True) if m.is_dora and not k]:
+        raise ValueError(
+            f"{adapter.source}: DoRA module {dora[0]} is cut to rank 0, which loses its magnitude (peft cannot hold "
+            "a rank-0 DoRA module); allocate on this adapter's spectra (they keep DoRA modules at rank >= 1)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     kept = [(module, k) for module, k in zip(adapter.modules, allocation.ranks, strict=True) if k > 0]
     with engine_threads():  # modules on worker threads, each with one-thread BLAS
         factors = map_workers(lambda mk: _finite_factors(*mk), kept)
+    alpha = kohya_alpha(allocation.ranks)
     for (module, _), (B_k, A_k) in zip(kept, factors, strict=True):
-        if format == "kohya":
+        if format in SINGLE_FILE:
             keys = adapter.single_file_keys.get(module.name, ("lora_down", "lora_up", True))
-            tensors.update(_kohya_tensors(module, B_k.contiguous(), A_k.contiguous(), keys))
+            tensors.update(kohya_tensors(module, B_k.contiguous(), A_k.contiguous(), keys, alpha))
         else:
-            tensors.update(_peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
+            tensors.update(peft_tensors(module, B_k.contiguous(), A_k.contiguous()))
     tensors.update(_passed_through(adapter, allocation, format))
     config = peft_config(adapter, allocation) if format == "peft" else {}
-    metadata = kohya_metadata(adapter, allocation) if format == "kohya" else {"format": "pt"}
+    metadata = {"format": "pt"}
+    if format in SINGLE_FILE:
+        metadata = kohya_metadata(adapter, allocation)
+        if header := diffusers_header(adapter, allocation.names, allocation.ranks):
+            metadata[HEADER_KEY] = header  # the cut's ranks at scale 1, so diffusers loads it at its strength
     report = rank_report(adapter, allocation)
     return CompressedAdapter(format, config, tensors, report, allocation, adapter.source, metadata)
-
-
-# Metadata that describes the old weights: kohya's and modelspec's hashes (they would name the old file), and
-# diffusers' LoraConfig of the old ranks and alphas (diffusers builds the config from it when it is there;
-# without it, it reads the ranks from the shapes and, with no alphas, scale 1, as the export needs).
-STALE_METADATA_KEYS = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256", "lora_adapter_metadata")
-
-
-def kohya_metadata(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, str]:
-    """The source file's metadata with the ranks of the cut, as kohya's resize_lora.py marks a resized file.
-
-    Training settings, base model and tag counts stay (UIs show them); the network dim and alpha become
-    "Dynamic" (each module has its own, alpha = rank), the training comment says what PARA kept, and what
-    describes the old weights goes (`STALE_METADATA_KEYS`).
-    """
-    source = adapter.config.get("kohya_metadata") or {}
-    metadata = {k: v for k, v in source.items() if k not in STALE_METADATA_KEYS}
-    metadata.setdefault("format", "pt")
-    if any(k.startswith("ss_") for k in source):  # a kohya-trained file: keep its own keys up to date
-        a = allocation
-        kept = [k for k in a.ranks if k]
-        comment = (
-            f"PARA (LoRA Rank Lab): ranks {min(kept)}-{max(kept)}, {a.params_fraction:.1%} of the LoRA parameters, "
-            f"{a.energy_kept:.2%} of the energy kept"
-        )
-        if old := source.get("ss_training_comment"):
-            comment += f"; {old}"
-        metadata.update(ss_network_dim="Dynamic", ss_network_alpha="Dynamic", ss_training_comment=comment)
-    return metadata
-
-
-def single_file_name(source: str) -> str:
-    """A kohya export's file name: the source file's, with "-para" ("my_lora.safetensors" -> "my_lora-para...")."""
-    name = Path(source).name  # an upload's source reads "my_lora.safetensors (uploaded)"
-    stem = name.split(".safetensors")[0] if ".safetensors" in name else Path(name).stem
-    return f"{stem or 'adapter'}-para.safetensors"
 
 
 def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: ExportFormat) -> dict[str, torch.Tensor]:
@@ -271,7 +237,7 @@ def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: Ex
     A dropped module's tensors go with it (peft would report them as unexpected keys). peft multiplies a LoRA
     bias by the module's scale, like B @ A; the export's scale is 1, so the bias takes the scale in.
     """
-    prefix = "" if adapter.format == "kohya" else PEFT_PREFIX  # kohya keys are the module names themselves
+    prefix = "" if adapter.is_single_file else PEFT_PREFIX  # kohya keys are the module names themselves
     dropped = tuple(prefix + m.name + "." for m, k in zip(adapter.modules, allocation.ranks, strict=True) if not k)
     scales = {f"{PEFT_PREFIX}{m.name}.lora_B.bias": m.scaling for m in adapter.modules} if format == "peft" else {}
     return {
@@ -279,41 +245,6 @@ def _passed_through(adapter: LoraAdapter, allocation: RankAllocation, format: Ex
         for key, t in adapter.extra_tensors.items()
         if not key.startswith(dropped)
     }
-
-
-def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
-    """The adapter_config.json of a PEFT export (cheap: no factors are computed)."""
-    config = {k: v for k, v in adapter.config.items() if k not in ADALORA_FIELDS and k != "kohya_metadata"}
-    kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
-    dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
-    r_max = max(kept.values(), default=1)
-    pattern = {pattern_key(name): k for name, k in kept.items()}
-    config.update(
-        peft_type="LORA",
-        r=r_max,
-        lora_alpha=r_max,
-        use_rslora=False,
-        rank_pattern=pattern,
-        alpha_pattern=dict(pattern),
-        exclude_modules=_excluded(config.get("exclude_modules"), dropped),
-    )
-    if not config.get("target_modules"):  # kohya/diffusers input written as PEFT: the minimum PEFT needs
-        config["target_modules"] = sorted(kept)
-    return config
-
-
-def _excluded(source: str | list[str] | None, dropped: list[str]) -> str | list[str] | None:
-    """`exclude_modules` that keeps the source's exclusions and adds the dropped modules.
-
-    peft reads a string as one regex (full match) and a list as names (equal or a dotted suffix), so a
-    source regex stays a regex, joined with the dropped names as exact alternatives.
-    """
-    if isinstance(source, str):
-        if not dropped:
-            return source
-        names = "|".join(re.escape(name) for name in dropped)
-        return f"(?:{source})|(?:.*\\.)?(?:{names})"
-    return sorted(set(source or []) | set(dropped)) or None
 
 
 def _write_files(compressed: CompressedAdapter, folder: Path) -> None:
@@ -349,7 +280,7 @@ def save_adapter(compressed: CompressedAdapter, out_dir: str | Path, *, overwrit
         out = Path(out_dir).expanduser().resolve()
     except RuntimeError:  # Python 3.11's resolve() on a symlink loop
         raise ValueError(f"{out_dir}: is a symlink loop; choose another path for the output") from None
-    as_file = compressed.format == "kohya" and out.suffix.lower() == ".safetensors"
+    as_file = compressed.format in SINGLE_FILE and out.suffix.lower() == ".safetensors"
     as_file = as_file and not str(out_dir).endswith(("/", os.sep))  # a trailing slash asks for a folder
     try:
         parent = next((p for p in out.parents if p.exists()), None)

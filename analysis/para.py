@@ -44,6 +44,8 @@ class ParaIndex:
     """(n_modules,) in + out per module."""
     original_ranks: np.ndarray
     """(n_modules,) r per module."""
+    floor: np.ndarray
+    """(n_modules,) rank every cut keeps at least (1 for DoRA modules, see `Spectrum.min_rank`), <= r."""
 
     @property
     def n_components(self) -> int:
@@ -92,6 +94,8 @@ class RankAllocation:
     rel_error: float
     """Whole adapter: sqrt(dropped energy / total energy)."""
     min_rank: int
+    held: tuple[str, ...] = ()
+    """DoRA modules the cut alone would drop, kept at rank 1 (peft cannot hold a DoRA module at rank 0)."""
 
     @property
     def params_fraction(self) -> float:
@@ -149,13 +153,14 @@ def para_index(spectra: AdapterSpectra) -> ParaIndex:
         "module_energy": cum_module_energy[:, -1].copy() if n_modules else np.zeros(0),
         "cost": cost,
         "original_ranks": original_ranks,
+        "floor": np.minimum(original_ranks, [s.min_rank for s in spectra.spectra]).astype(np.int64),
     }
     for a in arrays.values():
         a.setflags(write=False)  # shared across sessions through the app's cache
     return ParaIndex(spectra=spectra, **arrays)
 
 
-def cut_position(index: ParaIndex, value: float, unit: CutUnit = "energy") -> int:
+def cut_position(index: ParaIndex, value: float, unit: CutUnit = "energy", *, min_rank: int = 0) -> int:
     """Number of pooled components (largest first) that the cut `value` in `unit` keeps.
 
     Args:
@@ -164,6 +169,8 @@ def cut_position(index: ParaIndex, value: float, unit: CutUnit = "energy") -> in
             ("energy": the smallest cut keeping at least that much); params fraction in [0, 1]
             ("params_fraction") or count >= 0 ("params": the largest cut within that budget); mean
             rank >= 0 ("mean_rank": the largest cut whose mean rank over modules is within it).
+        min_rank: the allocation's minimum rank (see `allocate_at`): a parameter budget counts what it and
+            the DoRA floors add, so the cut stays within the budget (0 when even no component exceeds it).
 
     Returns:
         p in [0, n_components].
@@ -192,22 +199,41 @@ def cut_position(index: ParaIndex, value: float, unit: CutUnit = "energy") -> in
     if unit in ("params_fraction", "params"):
         # (1 + 1e-12): a fraction read off an allocation must give that allocation back despite rounding
         budget = value * index.n_params_before * (1 + 1e-12) if unit == "params_fraction" else value
-        return int(np.searchsorted(index.cum_params, budget, side="right")) - 1
+        high = int(np.searchsorted(index.cum_params, budget, side="right")) - 1
+        floor = _floor(index, min_rank)
+        if not floor.any():
+            return high
+        low = 0  # params at a position only grow with it: the largest within the budget, by bisection
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if _params_at(index, mid, floor) <= budget else (low, mid - 1)
+        return low
     if unit == "mean_rank":
         return min(int(np.floor(value * index.n_modules + 1e-9)), n)
     raise ValueError(f"unit must be one of {', '.join(CUT_UNITS)}, got {unit!r}")
 
 
-def allocate_at(index: ParaIndex, position: int, *, min_rank: int = 0) -> RankAllocation:
-    """The allocation that keeps the `position` largest pooled components (plus min_rank per module)."""
+def _floor(index: ParaIndex, min_rank: int) -> np.ndarray:
+    """(n_modules,) the least rank of each module: the DoRA floor, and min_rank where the module has a rank."""
     if min_rank not in (0, 1):
         raise ValueError(f"min_rank must be 0 or 1, got {min_rank}")
+    return np.maximum(index.floor, np.minimum(index.original_ranks, min_rank))
+
+
+def _params_at(index: ParaIndex, position: int, floor: np.ndarray) -> int:
+    ranks = np.maximum(np.bincount(index.owner[:position], minlength=index.n_modules), floor)
+    return int(np.dot(ranks, index.cost))
+
+
+def allocate_at(index: ParaIndex, position: int, *, min_rank: int = 0) -> RankAllocation:
+    """The allocation that keeps the `position` largest pooled components (plus min_rank per module)."""
+    floor = _floor(index, min_rank)
     n = index.n_components
     if not 0 <= position <= n:
         raise ValueError(f"position must be in [0, {n}], got {position}")
-    ranks = np.bincount(index.owner[:position], minlength=index.n_modules)
-    if min_rank:
-        ranks = np.maximum(ranks, np.minimum(index.original_ranks, 1))
+    cut = np.bincount(index.owner[:position], minlength=index.n_modules)
+    ranks = np.maximum(cut, floor)
+    held = tuple(index.spectra.names[m] for m in np.flatnonzero((cut == 0) & (index.floor > 0)))
     m = np.arange(index.n_modules)
     kept = index.cum_module_energy[m, ranks]
     module_total = index.module_energy
@@ -234,6 +260,7 @@ def allocate_at(index: ParaIndex, position: int, *, min_rank: int = 0) -> RankAl
         module_rel_error=tuple(float(x) for x in module_error),
         rel_error=float(np.sqrt(dropped_fraction)),
         min_rank=min_rank,
+        held=held,
     )
 
 
@@ -256,7 +283,14 @@ def allocate_ranks(index: ParaIndex, value: float, unit: CutUnit = "energy", *, 
         Pooled sigma [4, 2, 1] from modules [0, 1, 0]: energy 0.9 of 21 needs 18.9, so the cut keeps
         [4, 2] (20 >= 18.9): ranks [1, 1], tau 2, relative tau 0.5.
     """
-    return allocate_at(index, cut_position(index, value, unit), min_rank=min_rank)
+    allocation = allocate_at(index, cut_position(index, value, unit, min_rank=min_rank), min_rank=min_rank)
+    budget = value if unit == "params" else value * index.n_params_before * (1 + 1e-12)
+    if unit in ("params", "params_fraction") and allocation.n_params_after > budget:
+        raise ValueError(
+            f"a budget of {int(budget):,} parameters is below the {allocation.n_params_after:,} that the minimum "
+            "rank (and DoRA modules' rank 1) alone keep; raise the budget or set the minimum rank to 0"
+        )
+    return allocation
 
 
 def para_sweep(index: ParaIndex, n_points: int = 201) -> ParaSweep:

@@ -44,6 +44,8 @@ class Spectrum:
     in_features: int
     out_features: int
     kind: str = "linear"
+    min_rank: int = 0
+    """Rank every cut keeps at least: 1 for a DoRA module (peft cannot hold one at rank 0), else 0."""
 
     @property
     def r(self) -> int:
@@ -244,7 +246,7 @@ def adapter_spectra(
             sigmas[i] = sig
 
     spectra = tuple(
-        Spectrum(name=m.name, sigma=s, in_features=m.in_features, out_features=m.out_features, kind=m.kind)
+        Spectrum(m.name, s, m.in_features, m.out_features, m.kind, min_rank=int(m.is_dora and m.r > 0))
         for m, s in zip(adapter.modules, sigmas, strict=True)
     )
     seconds = time.perf_counter() - start

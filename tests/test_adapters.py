@@ -424,16 +424,18 @@ def test_load_adapter_names_the_zip_and_refuses_an_encrypted_one(tmp_path, tiny_
         load_adapter(_encrypted_zip(tiny_peft_dir, tmp_path / "locked.zip"))
 
 
-def test_load_adapter_reads_lycoris_tucker_and_loha_as_clear_refusals(tmp_path, chosen_factors):
+def test_load_adapter_refuses_loha_and_lokr_quoting_a_weight_key(tmp_path, chosen_factors):
     B, A, _ = chosen_factors
     prefix = "lora_unet_down_blocks_0_resnets_0_conv1"
-    save_file({f"{prefix}.lora_down.weight": A, f"{prefix}.lora_up.weight": B,
-               f"{prefix}.lora_mid.weight": torch.ones(4, 4, 3, 3)}, tmp_path / "tucker.safetensors")  # fmt: skip
-    with pytest.raises(AdapterError, match="LyCORIS Tucker"):
-        load_adapter(tmp_path / "tucker.safetensors")
-    save_file({f"{prefix}.hada_w1_a": A, f"{prefix}.hada_w1_b": B}, tmp_path / "loha.safetensors")
-    with pytest.raises(AdapterError, match="LoHa"):
+    alpha = {f"{prefix}.alpha": torch.tensor(4.0)}  # first in the file: the message must not quote it
+    save_file(alpha | {f"{prefix}.hada_w1_a": A, f"{prefix}.hada_w1_b": B}, tmp_path / "loha.safetensors")
+    with pytest.raises(AdapterError, match=re.escape(f"'{prefix}.hada_w1_a' is a LyCORIS LoHa")):
         load_adapter(tmp_path / "loha.safetensors")
+    lokr = alpha | {f"{prefix}.lokr_w1": torch.ones(2, 2), f"{prefix}.lokr_w2": torch.ones(3, 3)}
+    lokr |= {"lora_unet_other.lora_down.weight": A, "lora_unet_other.lora_up.weight": B}  # LoRA beside LoKr too
+    save_file(lokr, tmp_path / "lokr.safetensors")
+    with pytest.raises(AdapterError, match=re.escape(f"'{prefix}.lokr_w1' is a LyCORIS LoHa / LoKr")):
+        load_adapter(tmp_path / "lokr.safetensors")
 
 
 def test_load_adapter_reads_an_empty_module_as_a_zero_update(tmp_path, tiny_peft_dir):

@@ -59,6 +59,20 @@ def test_cli_user_errors_are_one_line(capsys, tmp_path, tiny_peft_dir):
         assert "Traceback" not in err
 
 
+def test_cli_params_budget_with_min_rank_one_is_never_exceeded(capsys, tmp_path, tiny_peft_dir):
+    n_params = load_adapter(tiny_peft_dir).n_params
+    for budget in (n_params // 4, n_params // 4 + 37, n_params // 2):
+        out_dir = tmp_path / f"o{budget}"
+        code, _, err = run(capsys, "compress", str(tiny_peft_dir), "--params", str(budget), "--min-rank", "1",
+                           "--out", str(out_dir))  # fmt: skip
+        assert code == 0, err
+        exported = load_adapter(out_dir)
+        assert exported.n_params <= budget and min(m.r for m in exported.modules) >= 1
+    code, _, err = run(capsys, "compress", str(tiny_peft_dir), "--params", "100", "--min-rank", "1", "--out",
+                       str(tmp_path / "tiny"))  # fmt: skip
+    assert code == 2 and "below the" in err and err.count("\n") == 1
+
+
 def test_cli_compress_writes_a_kohya_input_back_as_kohya(capsys, tmp_path):
     B, A = factors_with_sigma([4.0, 2.0, 1.0, 0.5])
     prefix = "lora_unet_mid_block_attn1_to_k"

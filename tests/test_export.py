@@ -128,7 +128,7 @@ def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path)
         metadata = f.metadata()
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0" and metadata["modelspec.title"] == "My style"
     assert "sshs_model_hash" not in metadata and "modelspec.hash_sha256" not in metadata  # hashes of old weights
-    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("Dynamic", "Dynamic")
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("Dynamic", "2")  # one alpha: the max rank
     assert metadata["ss_training_comment"].startswith("PARA") and metadata["ss_training_comment"].endswith("my style")
     assert "ranks 2-2, 50.0% of the LoRA parameters" in metadata["ss_training_comment"]
     (tmp_path / "download.safetensors").write_bytes(adapter_file_bytes(compressed))  # what the app offers
@@ -140,10 +140,15 @@ def test_kohya_export_keeps_the_files_metadata_and_marks_the_new_ranks(tmp_path)
     old_config = json.dumps({"unet.r": 4, "unet.lora_alpha": 8})  # diffusers would build the config from it
     save_file(diffusers, tmp_path / "d.safetensors", metadata={"format": "pt", "lora_adapter_metadata": old_config})
     adapter = load_adapter(tmp_path / "d.safetensors")
-    assert compress_adapter(adapter, allocation_for(adapter, 2, "mean_rank")).metadata == {"format": "pt"}
+    assert adapter.format == "diffusers" and adapter.modules[0].scaling == 2.0  # the header's alpha / r
+    header = json.loads(
+        compress_adapter(adapter, allocation_for(adapter, 2, "mean_rank")).metadata["lora_adapter_metadata"]
+    )
+    assert header == {"unet.r": 2, "unet.lora_alpha": 2, "unet.use_rslora": False,
+                      "unet.rank_pattern": {"^mid\\.to_k": 2}, "unet.alpha_pattern": {"^mid\\.to_k": 2}}  # fmt: skip
 
 
-def test_kohya_dora_magnitudes_warn_and_leave_with_their_module(tmp_path):
+def test_kohya_dora_modules_warn_and_keep_rank_one_with_their_magnitudes(tmp_path):
     tensors = {}
     for name, sigma in (("lora_unet_big", [4.0, 2.0]), ("lora_unet_small", [1e-3, 1e-4])):
         B, A = factors_with_sigma(sigma)
@@ -151,11 +156,14 @@ def test_kohya_dora_magnitudes_warn_and_leave_with_their_module(tmp_path):
         tensors[f"{name}.dora_scale"] = torch.ones(1, 40)
     save_file(tensors, tmp_path / "dora.safetensors")
     adapter = load_adapter(tmp_path / "dora.safetensors")
-    assert any("DoRA" in w for w in adapter.warnings)
-    allocation = allocation_for(adapter, 0.99)
-    assert allocation.rank_map == {"lora_unet_big": 2, "lora_unet_small": 0}
-    kept = compress_adapter(adapter, allocation).tensors
-    assert "lora_unet_big.dora_scale" in kept and not any(k.startswith("lora_unet_small.") for k in kept)
+    assert any("DoRA" in w and "at least rank 1" in w for w in adapter.warnings)
+    allocation = allocation_for(adapter, 0.99)  # the cut alone would drop the small module and its magnitude
+    assert allocation.rank_map == {"lora_unet_big": 2, "lora_unet_small": 1} and allocation.held == (
+        "lora_unet_small",
+    )
+    compressed = compress_adapter(adapter, allocation)
+    assert {"lora_unet_big.dora_scale", "lora_unet_small.dora_scale"} <= set(compressed.tensors)
+    assert "DoRA modules kept at rank 1" in compressed.report
 
 
 def test_kohya_alpha_is_stored_exactly_for_ranks_above_bfloat16s_integers(tmp_path):
@@ -191,11 +199,12 @@ def logits(model_or_folder, ids: torch.Tensor) -> torch.Tensor:
 
 
 def cut_that_drops(adapter):
-    """An energy cut that drops some modules and keeps others."""
+    """An energy cut that drops some modules and keeps others (DoRA: one that holds some at rank 1 instead)."""
     index = para_index(adapter_spectra(adapter))
     for value in (0.6, 0.5, 0.4, 0.3, 0.2):
         allocation = allocate_ranks(index, value, "energy")
-        if 0 in allocation.ranks and any(allocation.ranks):
+        if (0 in allocation.ranks or allocation.held) and any(allocation.ranks):
+            assert not any(m.is_dora and not k for m, k in zip(adapter.modules, allocation.ranks, strict=True))
             return allocation
     raise AssertionError("no cut drops a module")
 

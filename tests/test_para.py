@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.para import allocate_ranks, para_index, para_sweep
+from analysis.para import allocate_at, allocate_ranks, para_index, para_sweep
 from analysis.spectra import AdapterSpectra, Spectrum
 
 
@@ -72,12 +72,15 @@ def test_allocate_ranks_units_select_the_same_allocation(index):
 def test_allocate_ranks_accounting_invariants(index):
     for value in np.linspace(0, 1, 11):
         for min_rank in (0, 1):
+            if value * index.n_params_before < allocate_at(index, 0, min_rank=min_rank).n_params_after:
+                with pytest.raises(ValueError, match="below the .* that the minimum rank"):
+                    allocate_ranks(index, value, "params_fraction", min_rank=min_rank)
+                continue
             a = allocate_ranks(index, value, "params_fraction", min_rank=min_rank)
             assert a.n_params_after == sum(k * 20 for k in a.ranks)
             assert all(k <= r for k, r in zip(a.ranks, a.original_ranks, strict=True))
             assert min(a.ranks) >= min_rank
-            if min_rank == 0:
-                assert a.n_params_after <= value * a.n_params_before + 1e-9
+            assert a.n_params_after <= value * a.n_params_before + 1e-9  # min_rank 1 too: never over the budget
             assert 0 <= a.energy_kept <= 1 and a.rel_error == pytest.approx(np.sqrt(1 - a.energy_kept), abs=1e-9)
 
 

@@ -19,7 +19,8 @@ import torch
 from analysis.safe_io import AdapterError, content_digest
 
 ModuleKind = Literal["linear", "embedding", "conv"]
-AdapterFormat = Literal["peft", "adalora", "kohya"]
+AdapterFormat = Literal["peft", "adalora", "kohya", "diffusers"]
+SINGLE_FILE_FORMATS = ("kohya", "diffusers")  # one .safetensors, written back in its own layout
 
 PEFT_PREFIX = "base_model.model."
 # Where kohya's trainer (ss_*) and the modelspec convention record the base model, most specific first.
@@ -51,6 +52,8 @@ class LoraModule:
     """Shape of the base weight delta as the framework stores it (conv: (out, in, kh, kw))."""
     alpha: float | None = None
     """The alpha this module was saved with (after alpha_pattern), if the format has one."""
+    is_dora: bool = False
+    """Has a DoRA magnitude vector: peft cannot hold such a module at rank 0, so a cut keeps rank >= 1."""
 
     @property
     def r(self) -> int:
@@ -104,6 +107,11 @@ class LoraAdapter:
     def n_params(self) -> int:
         return sum(m.n_params for m in self.modules)
 
+    @property
+    def is_single_file(self) -> bool:
+        """A kohya or diffusers `.safetensors` file (no config beside it), written back as one file."""
+        return self.format in SINGLE_FILE_FORMATS
+
     def module(self, name: str) -> LoraModule:
         for m in self.modules:
             if m.name == name:
@@ -125,8 +133,8 @@ def adapter_warnings(config: Mapping[str, Any], extra: Mapping[str, torch.Tensor
     warnings = []
     if config.get("use_dora") or any("lora_magnitude_vector" in k or k.endswith(".dora_scale") for k in extra):
         warnings.append(
-            "DoRA adapter: spectra show the direction part s*B@A only; the magnitudes are passed through, and a "
-            "module cut to rank 0 loses its own"
+            "DoRA adapter: spectra show the direction part s*B@A only; the magnitudes are passed through, and every "
+            "DoRA module keeps at least rank 1 in a cut (peft cannot hold a DoRA module at rank 0)"
         )
     if config.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in extra):
         warnings.append(
@@ -197,7 +205,10 @@ def check_finite(file: Path, modules: list[LoraModule]) -> None:
 def no_lora_error(file: Path, tensors: Mapping[str, torch.Tensor]) -> AdapterError:
     if not tensors:
         return AdapterError(f"{file}: holds no tensors; re-export the adapter")
-    lora_like = next((k for k in tensors if any(w in k.lower() for w in ("lora", "hada_", "lokr_", "oft_"))), None)
+    # a weight's key, not an `.alpha` one: that names the layout
+    weights = [k for k in tensors if not k.endswith(".alpha")] or list(tensors)
+    lora_like = next((k for k in weights if any(w in k.lower() for w in ("hada_", "lokr_", "oft_"))), None)
+    lora_like = lora_like or next((k for k in weights if "lora" in k.lower()), None)
     if lora_like is not None:
         return AdapterError(
             f"{file}: its tensors (e.g. {lora_like!r}) are in a layout not read here (LyCORIS LoHa/LoKr, OFT or "

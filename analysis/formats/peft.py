@@ -1,14 +1,18 @@
 """PEFT and AdaLoRA adapter folders: `adapter_config.json` beside `adapter_model.safetensors` (or a
-tensors-only `.bin`). The config is cross-checked against the tensors' shapes. No streamlit, no prints."""
+tensors-only `.bin`). The config is cross-checked against the tensors' shapes. The writer side, for an
+export: tensors at scale 1 and the config with rank_pattern = alpha_pattern = k. No streamlit, no prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from analysis.formats.base import (
     PEFT_PREFIX,
@@ -23,6 +27,9 @@ from analysis.formats.base import (
 )
 from analysis.patterns import MATCH_BUDGET_S, MatchBudget, PatternTimeout, pattern_problem
 from analysis.safe_io import AdapterError, read_json_file, read_pickled_tensors, read_safetensors
+
+if TYPE_CHECKING:
+    from analysis.para import RankAllocation
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -120,6 +127,10 @@ def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
             f"{folder / CONFIG_NAME}: matching the pattern key {err.args[0]!r} against the module names took over "
             f"{MATCH_BUDGET_S:g} s; write it as a plain module path"
         ) from None
+    magnitudes = {
+        k.removeprefix(PEFT_PREFIX).split(".lora_magnitude_vector")[0] for k in extra if ".lora_magnitude_vector" in k
+    }
+    modules = [dataclasses.replace(m, is_dora=True) if m.name in magnitudes else m for m in modules]
     check_finite(weights, modules)
     return LoraAdapter(
         source=str(folder),
@@ -191,3 +202,59 @@ def _peft_module(
     else:
         scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     return LoraModule(name, A, B, scaling, kind, weight_shape, alpha)
+
+
+# AdaLoRA-only config fields that a plain LoRA config must not carry; the readers' own keys in `config`.
+ADALORA_FIELDS = ("target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
+READER_KEYS = ("kohya_metadata", "diffusers_header")
+
+
+def pattern_key(name: str) -> str:
+    """A rank_pattern key that matches exactly this module under PEFT's `(.*\\.)?(key)$` rule (PEFT >= 0.15)."""
+    return "^" + re.escape(name)
+
+
+def peft_tensors(module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> dict[str, torch.Tensor]:
+    prefix = PEFT_PREFIX + module.name
+    k = A_k.shape[0]
+    if module.kind == "embedding":
+        return {f"{prefix}.lora_embedding_A": A_k, f"{prefix}.lora_embedding_B": B_k}
+    if module.kind == "conv":
+        A_k = A_k.reshape(k, *module.weight_shape[1:])  # (k, in*kh*kw) -> (k, in, kh, kw)
+        B_k = B_k.reshape(*B_k.shape, *([1] * (len(module.weight_shape) - 2)))  # (out, k) -> (out, k, 1, 1)
+    return {f"{prefix}.lora_A.weight": A_k, f"{prefix}.lora_B.weight": B_k}
+
+
+def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
+    """The adapter_config.json of a PEFT export (cheap: no factors are computed)."""
+    config = {k: v for k, v in adapter.config.items() if k not in ADALORA_FIELDS and k not in READER_KEYS}
+    kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
+    dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
+    r_max = max(kept.values(), default=1)
+    pattern = {pattern_key(name): k for name, k in kept.items()}
+    config.update(
+        peft_type="LORA",
+        r=r_max,
+        lora_alpha=r_max,
+        use_rslora=False,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        exclude_modules=excluded_modules(config.get("exclude_modules"), dropped),
+    )
+    if not config.get("target_modules"):  # kohya/diffusers input written as PEFT: the minimum PEFT needs
+        config["target_modules"] = sorted(kept)
+    return config
+
+
+def excluded_modules(source: str | list[str] | None, dropped: list[str]) -> str | list[str] | None:
+    """`exclude_modules` that keeps the source's exclusions and adds the dropped modules.
+
+    peft reads a string as one regex (full match) and a list as names (equal or a dotted suffix), so a
+    source regex stays a regex, joined with the dropped names as exact alternatives.
+    """
+    if isinstance(source, str):
+        if not dropped:
+            return source
+        names = "|".join(re.escape(name) for name in dropped)
+        return f"(?:{source})|(?:.*\\.)?(?:{names})"
+    return sorted(set(source or []) | set(dropped)) or None
