@@ -21,7 +21,11 @@ from analysis.export import (
 from analysis.para import RankAllocation
 from pages.shared.state import KEY_EXPORT_DIR, KEY_EXPORT_RESULT, KEY_EXPORT_ZIP
 
-FORMAT_LABELS = {"peft": "PEFT folder", "kohya": "the file's own layout (kohya / diffusers)"}
+FORMAT_LABELS = {
+    "peft": "PEFT folder",
+    "kohya": "one .safetensors, kohya's layout",
+    "diffusers": "one .safetensors, diffusers' layout",
+}
 
 
 def export_ui(adapter: LoraAdapter, allocation: RankAllocation) -> None:
@@ -36,7 +40,7 @@ def export_ui(adapter: LoraAdapter, allocation: RankAllocation) -> None:
     if (built := st.session_state.get(KEY_EXPORT_ZIP)) is not None and built[0] != download_key:
         del st.session_state[KEY_EXPORT_ZIP]  # another cut: free the old download
         built = None
-    single = export_format == "kohya"  # one .safetensors, the way kohya / diffusers users load a LoRA
+    single = export_format != "peft"  # one .safetensors, the way kohya / diffusers users load a LoRA
     file_name = single_file_name(adapter.source) if single else "para-adapter.zip"
     slot = download.empty()  # the build button, then the download in its place
     if built is None and slot.button(f"Build the compressed adapter ({Path(file_name).suffix})", type="primary"):

@@ -35,7 +35,7 @@ def live_cut(adapter: LoraAdapter, index: ParaIndex) -> None:
     """The cut controls and everything that follows the cut; reruns alone when a control in it changes."""
     base = cache.cached_para_base(adapter.fingerprint, index)
     value, unit, min_rank = cut_ui(index)
-    position = cut_position(index, value, unit)
+    position = cut_position(index, value, unit, min_rank=min_rank)  # a budget counts the minimum rank too
     allocation = allocate_at(index, position, min_rank=min_rank)
     remember_cut(allocation)
     show_cut_metrics(allocation, adapter.modules[0].A.element_size() if adapter.modules else 4)
