@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.shared import cache
+from pages.shared.own_data_widgets import own_data_ui
 from pages.shared.para_widgets import live_cut
 from pages.shared.widgets import adapter_or_stop, keep_settings, show_adapter_banner
 
@@ -22,4 +23,6 @@ st.title(
 )
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)
-live_cut(adapter, cache.cached_para_index(adapter.fingerprint, spectra))
+index = cache.cached_para_index(adapter.fingerprint, spectra)
+own_data_ui(adapter, index)
+live_cut(adapter, index)

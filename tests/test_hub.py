@@ -99,3 +99,18 @@ def test_evaluate_cli_takes_hub_ids(cached_llama, tmp_path, capsys):
     assert "models--org--tiny-llama/snapshots" in out and "uncompressed perplexity" in out
     assert evaluate_main(["org/other-lora", "--data", str(text)]) == 2
     assert capsys.readouterr().err.startswith("error: org/other-lora: not in the Hugging Face cache")
+
+
+def test_home_loads_an_adapter_by_hub_id_from_the_cache(cached_llama, home):
+    from tests.test_app import metric
+
+    home.radio[0].set_value("Hugging Face Hub").run()
+    assert "offline: HF_HUB_OFFLINE is set" in home.caption[0].value
+    home.text_input(key="hub_id").input("org/tiny-llama-lora")
+    next(b for b in home.button if b.label == "Load").click().run()
+    assert not home.exception and not home.error
+    assert metric(home, "Modules") == "14" and "from the Hugging Face cache" in home.success[0].value
+    home.text_input(key="hub_id").input("org/not-there")
+    next(b for b in home.button if b.label == "Load").click().run()
+    assert home.error[0].value.startswith("org/not-there: not in the Hugging Face cache")
+    assert metric(home, "Modules") == "14"  # the loaded adapter stays

@@ -21,6 +21,7 @@ from analysis.evaluation.base_model import (
     TASK_KINDS,
     BaseModel,
     BaseModelError,
+    BaseModelInfo,
     TaskKind,
     adapter_task,
     base_param_name,
@@ -61,6 +62,50 @@ def metric_of(task: TaskKind) -> Metric:
     return "perplexity" if task == "causal-lm" else "accuracy"
 
 
+def check_base(
+    adapter: LoraAdapter, base: str | Path | None = None, *, task: TaskKind | None = None, download: bool = False
+) -> tuple[BaseModelInfo, TaskKind, int | None]:
+    """Find the base model of `adapter` and check it without loading its weights.
+
+    Returns:
+        (what the folder holds, the task, the classes of the adapter's head or None).
+
+    Raises:
+        BaseModelError: see `open_base`.
+    """
+    if adapter.format == "kohya":
+        raise BaseModelError(
+            f"{adapter.source}: a kohya / diffusers file has no transformers base model to evaluate on; "
+            "evaluation needs a PEFT adapter of a causal LM or a sequence classifier"
+        )
+    name = base if base is not None and str(base).strip() else adapter.base_model
+    if not name:
+        raise BaseModelError(f"{adapter.source}: the adapter names no base model; give its folder (--base DIR)")
+    info = inspect_base_model(find_base_model(name, download=download))
+    task = task or adapter_task(adapter) or info.task()
+    if task not in TASK_KINDS:
+        raise BaseModelError(
+            f"{info.folder}: neither the adapter nor the model says whether it is a causal LM or a classifier; "
+            "pass --task causal-lm or --task classification"
+        )
+    check_shapes(info, adapter, task)
+    return info, task, head_labels(adapter)
+
+
+def check_head(loaded: BaseModel, n_labels: int | None) -> None:
+    """A classifier needs a head from the model or the adapter, not a freshly initialised one.
+
+    Raises:
+        BaseModelError: neither holds it.
+    """
+    head_missing = [k for k in loaded.missing_keys if k.split(".")[0] in ("classifier", "score")]
+    if loaded.task == "classification" and n_labels is None and head_missing:
+        raise BaseModelError(
+            f"{loaded.info.folder}: neither the model nor the adapter holds a classification head "
+            f"({head_missing[0]}); give the fine-tuned classifier as --base, or an adapter saved with its head"
+        )
+
+
 def open_base(
     adapter: LoraAdapter,
     base: str | Path | None = None,
@@ -82,30 +127,9 @@ def open_base(
         BaseModelError: no base model named or found, a folder without config or weights, shapes that differ
             from the adapter's (the first module is named), too little memory, no tokenizer, no classifier head.
     """
-    if adapter.format == "kohya":
-        raise BaseModelError(
-            f"{adapter.source}: a kohya / diffusers file has no transformers base model to evaluate on; "
-            "evaluation needs a PEFT adapter of a causal LM or a sequence classifier"
-        )
-    name = base if base is not None else adapter.base_model
-    if not name:
-        raise BaseModelError(f"{adapter.source}: the adapter names no base model; give its folder (--base DIR)")
-    info = inspect_base_model(find_base_model(name, download=download))
-    task = task or adapter_task(adapter) or info.task()
-    if task not in TASK_KINDS:
-        raise BaseModelError(
-            f"{info.folder}: neither the adapter nor the model says whether it is a causal LM or a classifier; "
-            "pass --task causal-lm or --task classification"
-        )
-    check_shapes(info, adapter, task)
-    n_labels = head_labels(adapter)
+    info, task, n_labels = check_base(adapter, base, task=task, download=download)
     loaded = load_base_model(info, task, n_labels=n_labels, on_log=on_log)
-    head_missing = [k for k in loaded.missing_keys if k.split(".")[0] in ("classifier", "score")]
-    if task == "classification" and n_labels is None and head_missing:
-        raise BaseModelError(
-            f"{info.folder}: neither the model nor the adapter holds a classification head ({head_missing[0]}); "
-            "give the fine-tuned classifier as --base, or an adapter saved with its head (modules_to_save)"
-        )
+    check_head(loaded, n_labels)
     return loaded
 
 

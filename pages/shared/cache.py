@@ -20,6 +20,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.adapters import AdapterError, LoraAdapter, load_adapter
+from analysis.evaluation import BaseModel, EvalData, EvalSettings, prepare_data
+from analysis.evaluation.base_model import inspect_base_model, load_base_model
+from analysis.evaluation.evaluator import own_data_evaluator
 from analysis.para import ParaIndex, ParaSweep, RankAllocation, para_index, para_sweep
 from analysis.para_figures import RankGrid, rank_grid, rank_map_base, rank_map_figure, sweep_base
 from analysis.recommend import CutEvaluator, knee_position
@@ -211,3 +214,27 @@ def known_metrics(evaluator: CutEvaluator, min_rank: int) -> dict[int, float]:
             if isinstance(k, tuple) and k[0] == evaluator.key and k[2] == min_rank
         }
     return known
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def cached_base_model(folder: str, task: str, n_labels: int | None, mtime_ns: int) -> BaseModel:
+    """A checked base model loaded once for every session (the largest object the app holds: two at most).
+
+    Evaluations attach adapters to it under its lock and detach them after (analysis.evaluation.cut.attached).
+    """
+    return load_base_model(inspect_base_model(folder), task, n_labels=n_labels)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def cached_eval_data(path: str, digest: str, settings: EvalSettings, _base: BaseModel, base_key: str) -> EvalData:
+    """The user's data file read and tokenized for one base model, keyed by its content digest."""
+    return prepare_data(_base, path, settings)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def cached_own_evaluator(
+    fingerprint: str, base_key: str, data_digest: str, settings: EvalSettings, reference: float,
+    _adapter: LoraAdapter, _base: BaseModel, _data: EvalData,
+) -> CutEvaluator:  # fmt: skip
+    """The PARA page's evaluator on the user's data (analysis.evaluation.evaluator), with the uncompressed figure."""
+    return own_data_evaluator(_adapter, _base, _data, reference=reference)

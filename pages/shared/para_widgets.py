@@ -18,6 +18,7 @@ from analysis.para_figures import evaluated_cuts, metric_axis_range, sweep_figur
 from analysis.recommend import CutEvaluator, CutSearch, bisection_steps, smallest_cut_within
 from pages.shared import cache
 from pages.shared.export_widgets import export_ui
+from pages.shared.own_data_widgets import own_evaluator
 from pages.shared.state import (
     KEY_EVAL_REQUESTED,
     KEY_PARA_EVAL_SPLIT,
@@ -56,7 +57,10 @@ def live_cut(adapter: LoraAdapter, index: ParaIndex) -> None:
 
 
 def _evaluator(adapter: LoraAdapter, index: ParaIndex) -> CutEvaluator | None:
-    """The evaluation of the adapter's run (bundled samples and training runs), None for any other adapter."""
+    """The evaluation on the user's own data when set, else of the adapter's run (bundled samples and training
+    runs), None for any other adapter."""
+    if (own := own_evaluator(adapter)) is not None:
+        return own
     run = cache.cached_run_of(adapter.source, adapter.fingerprint)
     if run is None:
         return None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.hub import HubError, hub_cache_dir, is_offline, resolve_hub
 from analysis.locate import SEARCH_DEPTH, Search, describe, find_adapters
 from pages.shared import cache
 from pages.shared.state import (
@@ -19,6 +20,8 @@ from pages.shared.state import (
     KEY_FOLDER,
     KEY_FOLDER_PICK,
     KEY_FOLDER_SEARCH,
+    KEY_HUB_DOWNLOAD,
+    KEY_HUB_ID,
     KEY_LOAD_ERROR,
     KEY_LOAD_NOTE,
     KEY_RUN_CHOICE,
@@ -174,9 +177,37 @@ def upload_source_ui() -> None:
         set_adapter(lambda: cache.cached_upload(cache.upload_digest(files), files))
 
 
+def hub_source_ui() -> None:
+    """A Hugging Face Hub id, read from huggingface_hub's cache; a download only when asked and allowed."""
+    offline = is_offline()
+    with st.form("hub_load", border=False):
+        text = st.text_input("Hugging Face Hub id of an adapter (ORG/NAME, optionally @REVISION)", key=KEY_HUB_ID)
+        download = st.checkbox(
+            "Download it if it is not in the cache",
+            key=KEY_HUB_DOWNLOAD,
+            disabled=offline,
+            help="HF_HUB_OFFLINE is set: only the cache is read" if offline else f"Into {hub_cache_dir()}",
+        )
+        submitted = st.form_submit_button("Load", type="primary")
+    st.caption(f"Cache: `{hub_cache_dir()}`{' (offline: HF_HUB_OFFLINE is set)' if offline else ''}")
+    if not submitted:
+        return
+    if not text.strip():
+        st.session_state[KEY_LOAD_ERROR] = "No Hub id entered; type one as ORG/NAME"
+        return
+    try:
+        with st.spinner(f"Looking up {text.strip()}…"):
+            path = resolve_hub(text.strip(), kind="adapter", download=download and not offline)
+    except HubError as err:
+        st.session_state[KEY_LOAD_ERROR] = str(err)
+        return
+    _load(path, f"Loaded `{text.strip()}` from the Hugging Face cache (`{path}`).")
+
+
 SOURCES: dict[str, Callable[[], None]] = {
     "Bundled sample": sample_source_ui,
     "Your training runs": runs_source_ui,
     "Folder on the server": folder_source_ui,
     "Upload": upload_source_ui,
+    "Hugging Face Hub": hub_source_ui,
 }

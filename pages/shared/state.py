@@ -9,6 +9,8 @@ KEY_RUN_CHOICE = "run_choice"  # a run in runs/ (LORA_LAB_RUNS_DIR)
 KEY_FOLDER = "folder_path"
 KEY_FOLDER_SEARCH = "folder_search"  # the locate.Search of a folder that holds several adapters
 KEY_FOLDER_PICK = "folder_pick"  # prefix; the searched folder is appended
+KEY_HUB_ID = "hub_id"  # the Hub source's ORG/NAME
+KEY_HUB_DOWNLOAD = "hub_download"
 KEY_UPLOAD_KIND = "upload_kind"  # "One file" | "A whole folder": one uploader at a time
 KEY_UPLOAD = "upload"
 KEY_UPLOAD_DIR = "upload_dir"
@@ -33,6 +35,14 @@ KEY_PARA_SEARCHES = "para_searches"  # {(evaluator key, tolerance, min rank): Cu
 KEY_PARA_TABLE = "para_table"  # show the modules whose rank changed
 KEY_SPECTRA_COLOR = "spectra_color"  # color the curves by module type or by layer
 KEY_SPECTRA_HIGHLIGHT = "spectra_highlight"  # modules drawn on top
+KEY_OWN_DATA = "own_data"  # own_data_widgets.OwnData: the base model and data file the PARA page scores cuts on
+KEY_OWN_ERROR = "own_data_error"
+KEY_OWN_BASE = "own_base"
+KEY_OWN_FILE = "own_file"
+KEY_OWN_TASK = "own_task"
+KEY_OWN_SEQ_LEN = "own_seq_len"
+KEY_OWN_CHUNKS = "own_chunks"
+KEY_OWN_LABELS = "own_labels"
 KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at the same cut
 
 # Widget values kept when the user goes to another page (Streamlit drops the state of widgets a page does not
@@ -41,5 +51,6 @@ KEPT_PREFIXES = (
     KEY_SOURCE, KEY_FOLDER, KEY_UPLOAD_KIND, KEY_CUT_UNIT, KEY_CUT_VALUE, KEY_MIN_RANK, KEY_EXPORT_DIR,
     KEY_COMPARE_FOLDER, KEY_COMPARE_TASK, KEY_COMPARE_SOURCE, KEY_COMPARE_RUNS, KEY_COMPARE_SPLIT, KEY_PARA_EVAL_SPLIT,
     KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_SPECTRA_COLOR, KEY_SPECTRA_HIGHLIGHT,
-    KEY_PARA_TOLERANCE, KEY_PARA_TABLE,
+    KEY_PARA_TOLERANCE, KEY_PARA_TABLE, KEY_OWN_BASE, KEY_OWN_FILE, KEY_OWN_TASK, KEY_OWN_SEQ_LEN, KEY_OWN_CHUNKS,
+    KEY_OWN_LABELS, KEY_HUB_ID,
 )  # fmt: skip
