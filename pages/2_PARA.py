@@ -24,5 +24,5 @@ st.title(
 adapter, spectra = adapter_or_stop()
 show_adapter_banner(adapter)
 index = cache.cached_para_index(adapter.fingerprint, spectra)
-own_data_ui(adapter, index)
 live_cut(adapter, index)
+own_data_ui(adapter, index)  # below the cut: a set data file makes the cut's evaluation and search use it

@@ -129,8 +129,8 @@ def own_data_ui(adapter: LoraAdapter, index: ParaIndex) -> None:
             names = tuple(n.strip() for n in labels.split(",") if n.strip()) or None
             settings = EvalSettings(seq_len=int(seq_len), max_chunks=int(chunks), label_names=names)
             _use(adapter, index, base_name.strip(), path.strip(), TASK_CHOICES[task], settings)
-            own = st.session_state.get(KEY_OWN_DATA)
-            in_use = own is not None
+            if KEY_OWN_DATA in st.session_state:
+                st.rerun()  # the cut above was drawn with the old evaluator
         if error := st.session_state.get(KEY_OWN_ERROR):
             st.error(error)
         elif in_use:

@@ -105,7 +105,8 @@ def recommended_cut_ui(index: ParaIndex, knee_position: int, knee: RankAllocatio
     if evaluator is None:
         search_col.caption(
             "The smallest cut within a tolerance of the uncompressed adapter needs an evaluation: it is offered for "
-            "the bundled runs and for runs trained on the Train page."
+            "the bundled runs, for runs trained on the Train page, and on your own data (Evaluate on your own "
+            "data, below)."
         )
         return
     _search_ui(search_col, index, evaluator, knee.min_rank)
