@@ -60,6 +60,9 @@ def spectra_figure(
     highlight: Sequence[str] = (),
     tau: float | None = None,
     tau_label: str = "PARA τ",
+    y_range: tuple[float, float] | None = None,
+    title: str = "Singular value spectra",
+    legend_on_top: bool = False,
 ) -> go.Figure:
     """Effective singular values per module (one line each) on a log y axis.
 
@@ -71,6 +74,9 @@ def spectra_figure(
         highlight: modules drawn wide and on top, each with its own legend entry; the others are dimmed.
         tau: the PARA threshold, drawn as a horizontal line: components above it are kept.
         tau_label: the line's legend text.
+        y_range: (low, high) of the y axis, to draw two adapters on one scale (from the data when None).
+        title: the figure title.
+        legend_on_top: one row of legend entries above the plot (for a half-width figure), not a column beside it.
 
     Returns:
         One trace per module (hover: module name, layer, type, i, s·σ), then the highlighted ones, then τ.
@@ -134,6 +140,8 @@ def spectra_figure(
             )
         )  # fmt: skip
         low, high = min(low, tau), max(high, tau)
+    if y_range is not None:
+        low, high = y_range
     ticks, text = log_ticks(low, high)
     pad = 0.04 * max(np.log10(high / low), 0.5)
     fig.update_yaxes(
@@ -147,7 +155,7 @@ def spectra_figure(
     fig.update_layout(
         legend={"title": {"text": "module type" if color_by == "type" else "layers"}}, hovermode="closest"
     )
-    return _layout(fig, "Singular value spectra")
+    return _layout(fig, title)
 
 
 def _layer_bands(layers: Sequence[int], n_bands: int = 10) -> dict[str, tuple[int, int]]:
@@ -161,12 +169,21 @@ HEATMAP_TEXT_MAX_LAYERS = 16  # above this, cells are too narrow for their numbe
 
 
 def module_heatmap_figure(
-    values: Mapping[str, float], title: str, colorbar: str, *, text_format: str = ".2g"
+    values: Mapping[str, float],
+    title: str,
+    colorbar: str,
+    *,
+    text_format: str = ".2g",
+    colorscale: str = "Viridis",
+    z_range: tuple[float, float] | None = None,
+    z_mid: float | None = None,
 ) -> go.Figure:
     """Module type x layer heat map of one number per module (blank where a type is absent).
 
     Types are rows and layers columns, so the figure keeps one height from 6 layers to 80: numbers are
     written in the cells up to HEATMAP_TEXT_MAX_LAYERS layers, and the layer ticks thin out beyond 30.
+    `z_range` fixes the color scale's ends (e.g. 0-90 degrees); `z_mid` centres a diverging scale (0 for a
+    difference).
     """
     layers, types = layer_type_grid(list(values))
     types = forward_order(types)
@@ -181,7 +198,8 @@ def module_heatmap_figure(
     show_text = len(layers) <= HEATMAP_TEXT_MAX_LAYERS
     fig = go.Figure(
         go.Heatmap(
-            z=grid, x=x, y=[labels[t] for t in types], customdata=names, colorscale="Viridis", xgap=1, ygap=1,
+            z=grid, x=x, y=[labels[t] for t in types], customdata=names, colorscale=colorscale, xgap=1, ygap=1,
+            zmin=z_range[0] if z_range else None, zmax=z_range[1] if z_range else None, zmid=z_mid,
             colorbar={"title": colorbar, "thickness": 12}, texttemplate=f"%{{z:{text_format}}}" if show_text else None,
             hovertemplate="%{customdata}<br>layer %{x} · %{y}<br>" + colorbar + " %{z:.4g}<extra></extra>",
         )

@@ -39,7 +39,10 @@ def test_home_opens_on_the_bundled_sample(home):
     assert any("minilm-bbc-topic-lora-r32" in m.value for m in home.markdown)
 
 
-@pytest.mark.parametrize("page", ["pages/1_Spectra.py", "pages/2_PARA.py", "pages/3_Compare.py", "pages/4_Train.py"])
+PAGES = ["pages/1_Spectra.py", "pages/2_PARA.py", "pages/3_Compare.py", "pages/4_Train.py", "pages/5_Side_by_side.py"]
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_the_default_sample(home, page):
     home.switch_page(page).run()
     assert not home.exception, page

@@ -130,7 +130,7 @@ def test_browser_navigates_moves_the_slider_and_downloads(server, server_log, br
     assert metric_value(page, "Modules") == "36"
     links = page.locator("[data-testid='stSidebarNav'] a")
     assert [links.nth(i).inner_text().split("\n")[-1] for i in range(links.count())] == [
-        "Home", "Spectra", "PARA", "Compare", "Train"
+        "Home", "Spectra", "PARA", "Compare", "Side by side", "Train"
     ]  # fmt: skip
     for label, heading in [("Spectra", "Spectra"), ("Compare", "Compare allocations"), ("Train", "Training runs")]:
         page.locator("[data-testid='stSidebarNav'] a", has_text=label).first.click()

@@ -26,7 +26,9 @@ from analysis.evaluation.evaluator import own_data_evaluator
 from analysis.para import ParaIndex, ParaSweep, RankAllocation, para_index, para_sweep
 from analysis.para_figures import RankGrid, rank_grid, rank_map_base, rank_map_figure, sweep_base
 from analysis.recommend import CutEvaluator, knee_position
+from analysis.side_by_side import cut_adapter
 from analysis.spectra import AdapterSpectra, adapter_spectra
+from analysis.subspaces import ModuleSimilarity, adapter_similarity
 from analysis.training.catalog import run_of_adapter, split_digest
 from analysis.training.cut_evaluators import evaluator_for_run, run_of
 from analysis.training.records import RunRecord
@@ -238,3 +240,20 @@ def cached_own_evaluator(
 ) -> CutEvaluator:  # fmt: skip
     """The PARA page's evaluator on the user's data (analysis.evaluation.evaluator), with the uncompressed figure."""
     return own_data_evaluator(_adapter, _base, _data, reference=reference)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Cutting the adapter at the PARA cut…")
+def cached_cut_adapter(
+    fingerprint: str, ranks: tuple[int, ...], _adapter: LoraAdapter, _allocation: RankAllocation
+) -> LoraAdapter:
+    """`side_by_side.cut_adapter` of the adapter `fingerprint` at `ranks` (its allocation), shared read-only."""
+    return cut_adapter(_adapter, _allocation)
+
+
+@st.cache_data(max_entries=32, show_spinner="Comparing singular subspaces…")
+def cached_similarity(
+    fingerprints: tuple[str, str], k: int, _a: LoraAdapter, _b: LoraAdapter, _spectra: tuple[AdapterSpectra, ...]
+) -> list[ModuleSimilarity]:
+    """`subspaces.adapter_similarity` of two adapters (by fingerprint) at k directions per module."""
+    sigmas = tuple({s.name: s.sigma for s in spectra.spectra} for spectra in _spectra)
+    return adapter_similarity(_a, _b, k, sigmas=sigmas)

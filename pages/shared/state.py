@@ -43,6 +43,11 @@ KEY_OWN_TASK = "own_task"
 KEY_OWN_SEQ_LEN = "own_seq_len"
 KEY_OWN_CHUNKS = "own_chunks"
 KEY_OWN_LABELS = "own_labels"
+KEY_SIDE_KIND = "side_kind"  # prefix; + "-A" / "-B": where each adapter of the Side by side page comes from
+KEY_SIDE_PICK = "side_pick"  # prefix; + "-A" / "-B": the sample or run picked
+KEY_SIDE_FOLDER = "side_folder"  # prefix; + "-A" / "-B": the folder typed
+KEY_SIDE_K = "side_k"  # singular directions compared per module
+KEY_SIDE_METRIC = "side_metric"
 KEY_CUT_LAST = "cut_last"  # the last cut in every unit, so a new unit starts at the same cut
 
 # Widget values kept when the user goes to another page (Streamlit drops the state of widgets a page does not
@@ -53,4 +58,5 @@ KEPT_PREFIXES = (
     KEY_SPECTRA_TYPES, KEY_SPECTRA_LAYERS, KEY_SPECTRA_METRIC, KEY_SPECTRA_COLOR, KEY_SPECTRA_HIGHLIGHT,
     KEY_PARA_TOLERANCE, KEY_PARA_TABLE, KEY_OWN_BASE, KEY_OWN_FILE, KEY_OWN_TASK, KEY_OWN_SEQ_LEN, KEY_OWN_CHUNKS,
     KEY_OWN_LABELS, KEY_HUB_ID,
+    KEY_SIDE_KIND, KEY_SIDE_PICK, KEY_SIDE_FOLDER, KEY_SIDE_K, KEY_SIDE_METRIC,
 )  # fmt: skip
