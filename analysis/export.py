@@ -33,6 +33,7 @@ from analysis.formats.base import is_finite
 from analysis.formats.diffusers import HEADER_KEY, diffusers_header
 from analysis.formats.kohya import STALE_METADATA_KEYS, kohya_alpha, kohya_metadata, kohya_tensors, single_file_name
 from analysis.formats.peft import ADALORA_FIELDS, pattern_key, peft_config, peft_tensors
+from analysis.formats.peft_experts import expert_tensors
 from analysis.para import RankAllocation
 from analysis.spectra import truncated_factors
 from analysis.threads import engine_threads, map_workers
@@ -214,7 +215,13 @@ def compress_adapter(
     with engine_threads():  # modules on worker threads, each with one-thread BLAS
         factors = map_workers(lambda mk: _finite_factors(*mk), kept)
     alpha = kohya_alpha(allocation.ranks)
+    experts = [m for m in adapter.modules if m.expert]
+    if experts:  # peft target_parameters: each wrapper's experts at one rank, the export's r
+        by_name = {module.name: (B_k, A_k) for (module, _), (B_k, A_k) in zip(kept, factors, strict=True)}
+        tensors.update(expert_tensors(experts, by_name, max(allocation.ranks)))
     for (module, _), (B_k, A_k) in zip(kept, factors, strict=True):
+        if module.expert:
+            continue
         if format in SINGLE_FILE:
             keys = adapter.single_file_keys.get(module.name, ("lora_down", "lora_up", True))
             tensors.update(kohya_tensors(module, B_k.contiguous(), A_k.contiguous(), keys, alpha))
@@ -383,8 +390,8 @@ def check_round_trip(adapter: LoraAdapter, allocation: RankAllocation, exported:
         got = reloaded.get(module.name)
         if got is None:
             return 0.0 if k == 0 else 1.0  # dropped: right only at rank 0
-        if k == 0:
-            return 1.0  # written although its rank is 0
+        if k == 0:  # written although its rank is 0: right only as the zeros of a target_parameters expert
+            return 0.0 if module.expert and not (got.B.any() or got.A.any()) else 1.0
         B_k, A_k = truncated_factors(module, k)
         return _factor_rel_diff(got.B.double() * got.scaling, got.A.double(), B_k, A_k)  # B' s': (out, k)
 

@@ -54,6 +54,8 @@ class LoraModule:
     """The alpha this module was saved with (after alpha_pattern), if the format has one."""
     is_dora: bool = False
     """Has a DoRA magnitude vector: peft cannot hold such a module at rank 0, so a cut keeps rank >= 1."""
+    expert: tuple[str, int, int] | None = None
+    """One expert of a peft `target_parameters` wrapper: (wrapper module, expert index, number of experts)."""
 
     @property
     def r(self) -> int:

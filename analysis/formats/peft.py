@@ -25,6 +25,7 @@ from analysis.formats.base import (
     no_lora_error,
     split_keys,
 )
+from analysis.formats.peft_experts import split_experts
 from analysis.patterns import MATCH_BUDGET_S, MatchBudget, PatternTimeout, pattern_problem
 from analysis.safe_io import AdapterError, read_json_file, read_pickled_tensors, read_safetensors
 
@@ -121,7 +122,10 @@ def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
     fingerprint = adapter_fingerprint(buffer, config)  # first: its two threads fault the lazy mapping in
     budget = MatchBudget()  # for all of this config's pattern matching
     try:
-        modules = [_peft_module(weights, config, name, p, is_adalora, budget) for name, p in parts.items()]
+        modules = []
+        for name, p in parts.items():
+            module = _peft_module(weights, config, name, p, is_adalora, budget)
+            modules += module if isinstance(module, list) else [module]
     except PatternTimeout as err:
         raise AdapterError(
             f"{folder / CONFIG_NAME}: matching the pattern key {err.args[0]!r} against the module names took over "
@@ -146,7 +150,8 @@ def load_peft_folder(folder: Path, *, in_memory: bool) -> LoraAdapter:
 
 def _peft_module(
     file: Path, config: Mapping[str, Any], name: str, p: dict, is_adalora: bool, budget: MatchBudget | None = None
-) -> LoraModule:
+) -> LoraModule | list[LoraModule]:
+    """One module, or a `target_parameters` wrapper's experts (see `analysis.formats.peft_experts`)."""
     is_embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
     A = p.get("lora_embedding_A" if is_embedding else "lora_A")
     B = p.get("lora_embedding_B" if is_embedding else "lora_B")
@@ -154,6 +159,8 @@ def _peft_module(
         missing = "A" if A is None else "B"
         raise AdapterError(f"{file}: module {name} has no lora_{missing} tensor (only half of the pair); corrupt file")
     A, B, kind = as_matrices(file, name, A, B)
+    if not is_adalora and (experts := split_experts(file, config, name, A, B, budget or MatchBudget())):
+        return experts
     r = A.shape[0]
     weight_shape = (B.shape[0], A.shape[1])
     if is_embedding:
@@ -228,9 +235,11 @@ def peft_tensors(module: LoraModule, B_k: torch.Tensor, A_k: torch.Tensor) -> di
 def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, Any]:
     """The adapter_config.json of a PEFT export (cheap: no factors are computed)."""
     config = {k: v for k, v in adapter.config.items() if k not in ADALORA_FIELDS and k not in READER_KEYS}
-    kept = {name: k for name, k in zip(allocation.names, allocation.ranks, strict=True) if k > 0}
-    dropped = [name for name, k in zip(allocation.names, allocation.ranks, strict=True) if k == 0]
-    r_max = max(kept.values(), default=1)
+    ranks = dict(zip(allocation.names, allocation.ranks, strict=True))
+    r_max = max(ranks.values(), default=1) or 1  # also the rank of every target_parameters wrapper (zero-padded)
+    experts = {m.name for m in adapter.modules if m.expert}  # written as their wrappers, at rank r_max
+    kept = {name: k for name, k in ranks.items() if k > 0 and name not in experts}
+    dropped = [name for name, k in ranks.items() if k == 0 and name not in experts]
     pattern = {pattern_key(name): k for name, k in kept.items()}
     config.update(
         peft_type="LORA",
@@ -241,7 +250,7 @@ def peft_config(adapter: LoraAdapter, allocation: RankAllocation) -> dict[str, A
         alpha_pattern=dict(pattern),
         exclude_modules=excluded_modules(config.get("exclude_modules"), dropped),
     )
-    if not config.get("target_modules"):  # kohya/diffusers input written as PEFT: the minimum PEFT needs
+    if not config.get("target_modules") and not experts:  # kohya/diffusers input as PEFT: the minimum PEFT needs
         config["target_modules"] = sorted(kept)
     return config
 
