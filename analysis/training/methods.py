@@ -85,7 +85,8 @@ def _lora(model, tokenizer, task, config, budget, out, on_step) -> MethodResult:
     """Fixed rank everywhere: the budget's uniform rank (alpha = 2r as the CLI sets it)."""
     names = list(target_linears(model))  # before peft replaces the layers
     result = train_lora(model, tokenizer, task.train, replace(config, r=budget.rank), on_step=on_step)
-    result.model.save_pretrained(out)
+    # False, not peft's "auto": auto asks the Hub for the base model's config.json (no embeddings are tuned)
+    result.model.save_pretrained(out, save_embedding_layers=False)
     return MethodResult(result.loss_curve, {n: budget.rank for n in names})
 
 
