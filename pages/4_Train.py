@@ -43,7 +43,7 @@ def live_jobs() -> None:
     for name in names:
         progress = jobs.progress(RUNS_DIR, name)
         if progress.state == "finished":
-            tw.run_summary(read_run(RUNS_DIR / name))
+            tw.run_summary(read_run(RUNS_DIR / name), RUNS_DIR)
             continue
         with st.container(border=True):
             tw.job_panel(RUNS_DIR, progress)
@@ -59,4 +59,4 @@ for title, folder in (("Bundled runs (sample_adapters/)", SAMPLES_DIR), (f"Your 
     if not records:
         st.info(f"No {'other ' if folder == RUNS_DIR and launched else ''}run records in {folder.name}/ yet.")
     for run in records:
-        tw.run_summary(run)
+        tw.run_summary(run, RUNS_DIR if folder == RUNS_DIR else None)

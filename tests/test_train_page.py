@@ -7,8 +7,10 @@ process started is a real sleeper instead of a minutes-long training run; cancel
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from analysis.training import jobs
 
 TIMEOUT = 60
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_adapters"
 
 
 @pytest.fixture
@@ -131,3 +134,106 @@ def test_a_run_started_from_the_app_is_listed_once(runs_dir, launched):
     assert any("No other run records in lab-runs/" in i.value for i in at.info)
     (chart,) = [c for c in at.get("plotly_chart") if '"y":[1.0]' in c.proto.spec.replace(" ", "")]
     assert '"mode":"lines+markers"' in chart.proto.spec.replace(" ", "")  # one point draws no line
+
+
+def progress_texts(at: AppTest) -> list[str]:
+    return [p.proto.text or "" for p in at.get("progress")]
+
+
+def test_start_shows_the_phase_at_once_and_the_name_field_is_fresh_for_the_next_run(runs_dir, launched):
+    at = page()
+    at.button[0].click().run()  # no name: the default METHOD-TASK-rN
+    assert not at.exception and not at.error
+    assert launched[0][launched[0].index("--out") + 1] == str(runs_dir / "lora-bbc-topic-r8")
+    status = launched[0][launched[0].index("--status") + 1]
+    assert status == str(runs_dir / ".lora-bbc-topic-r8.job" / "status.json")
+    assert any(t.startswith("starting: starting Python") for t in progress_texts(at))  # not "step 0 of ?"
+    Path(status).write_text(json.dumps({"phase": "importing torch, transformers and peft"}))
+    at.run()
+    assert any(t.startswith("starting: importing torch, transformers and peft") for t in progress_texts(at))
+    Path(status).write_text(json.dumps({"phase": "training", "step": 3, "total": 40}))
+    at.run()
+    assert "step 3 of 40" in progress_texts(at)
+    assert at.text_input[0].value == ""  # the field does not keep the last name
+    at.button[0].click().run()  # the same settings again: a fresh name, no duplicate error
+    assert not at.error and len(launched) == 2
+    assert launched[1][launched[1].index("--out") + 1] == str(runs_dir / "lora-bbc-topic-r8-2")
+    at.text_input[0].set_value("lora-bbc-topic-r8")
+    at.button[0].click().run()  # a name in use, typed: refused with a free one suggested
+    assert len(launched) == 2 and "e.g. lora-bbc-topic-r8-3" in at.error[0].value
+    for name in ("lora-bbc-topic-r8", "lora-bbc-topic-r8-2"):
+        jobs.cancel(runs_dir, name)
+
+
+def test_cancelled_and_failed_runs_are_deleted_after_confirmation_and_nothing_else(runs_dir, launched, tmp_path):
+    outside = tmp_path / "not-a-run"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    ended_job(runs_dir, "crashed", "crashed.failed", "failed")
+    (runs_dir / "linked.failed").symlink_to(outside)  # a failed record that is a link: the link goes, not its target
+    (runs_dir / "linked.failed" / "status").write_text("failed\n")
+    at = page()
+    at.button[0].click().run()
+    jobs.cancel(runs_dir, "lora-bbc-topic-r8")
+    at.run()
+    assert jobs.progress(runs_dir, "lora-bbc-topic-r8").state == "cancelled"
+    assert not list(runs_dir.glob(".lora-bbc-topic-r8.partial-*"))
+    names = ("lora-bbc-topic-r8", "crashed")
+    for name in names:
+        next(b for b in at.button if b.key == f"delete-{name}").click().run()
+        assert any(f"Delete {name}? This removes" in w.value for w in at.warning)
+        if name == "crashed":  # the first answer is "keep": nothing goes
+            next(b for b in at.button if b.key == f"delete-no-{name}").click().run()
+            assert (runs_dir / "crashed.failed").is_dir()
+            next(b for b in at.button if b.key == f"delete-{name}").click().run()
+        next(b for b in at.button if b.key == f"delete-yes-{name}").click().run()
+        assert not at.exception and f"Deleted {name}." in at.success[0].value
+    assert not (runs_dir / "crashed.failed").exists() and not (runs_dir / ".crashed.job").exists()
+    assert not (runs_dir / ".lora-bbc-topic-r8.job").exists() and jobs.jobs(runs_dir) == []
+    next(b for b in at.button if b.key == "delete-linked").click().run()
+    next(b for b in at.button if b.key == "delete-yes-linked").click().run()
+    assert not (runs_dir / "linked.failed").is_symlink() and (outside / "keep.txt").read_text() == "mine"
+
+
+def test_delete_refuses_running_finished_and_outside_names(runs_dir, launched):
+    runs_dir.mkdir()
+    (runs_dir / "done").mkdir()
+    with pytest.raises(ValueError, match="finished run is kept"):
+        jobs.delete(runs_dir, "done")
+    for name in ("../x", "a/b", ".hidden", "x.failed"):
+        with pytest.raises(ValueError, match="run name"):
+            jobs.delete(runs_dir, name)
+    jobs.launch("live", ["unused"], runs_dir)
+    with pytest.raises(ValueError, match="still running; cancel it first"):
+        jobs.delete(runs_dir, "live")
+    jobs.cancel(runs_dir, "live")
+    assert jobs.delete(runs_dir, "live") == [runs_dir / ".live.job"]
+
+
+def test_open_in_para_loads_a_finished_run_and_switches_page(runs_dir, launched):
+    run = runs_dir / "mine"
+    shutil.copytree(SAMPLES / "minilm-bbc-topic-lora-r8", run)
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
+    at.switch_page("pages/4_Train.py").run()
+    open_button = next(b for b in at.button if b.key == f"open-{run}")
+    open_button.click().run()
+    assert not at.exception
+    assert at.session_state["adapter"].source == str(run / "adapter")
+    assert any("PARA" in t.value for t in at.title)  # the PARA page, drawn for that adapter
+    assert any(str(run / "adapter") in c.value for c in at.caption)
+
+
+def test_cancel_takes_effect_within_2_s_of_a_real_job_starting(runs_dir):
+    """The real CLI as the app launches it: its phase is on disk within a second; cancel returns within 2 s."""
+    command = jobs.train_command("real", method="lora", task="bbc-topic", budget_rank=2, epochs=0.1, runs_dir=runs_dir)
+    start = time.monotonic()
+    jobs.launch("real", command, runs_dir)
+    assert jobs.progress(runs_dir, "real").phase == "starting Python"
+    while jobs.progress(runs_dir, "real").phase == "starting Python" and time.monotonic() - start < 20:
+        time.sleep(0.02)
+    assert jobs.progress(runs_dir, "real").phase == "importing torch, transformers and peft"
+    start = time.monotonic()
+    assert jobs.cancel(runs_dir, "real")
+    assert not jobs.is_running(runs_dir, "real") and time.monotonic() - start < 2.0
+    assert jobs.progress(runs_dir, "real").state == "cancelled"
+    assert not list(runs_dir.glob(".real.partial-*"))

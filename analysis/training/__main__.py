@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--status", default=None, help="JSON file kept current with the phase and step (for the app)")
     p.set_defaults(run=run_train, subject="out")
 
 
@@ -138,15 +141,43 @@ def _must_exist(path: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    if Path(args.out).exists():  # said before torch loads (seconds), as train_run would say it after
+        raise FileExistsError(f"{args.out}: already exists; choose another --out")
+    status = _status_writer(args.status)
+    status("importing torch, transformers and peft")
     from analysis.training.lora import TrainConfig
     from analysis.training.runs import RunSpec, train_run
 
-    if Path(args.out).exists():  # said before torch loads (seconds), as train_run would say it after
-        raise FileExistsError(f"{args.out}: already exists; choose another --out")
+    status("loading the task data and the model")
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
     spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
-    metrics = train_run(spec, args.out, on_step=_progress_bar(f"{args.method} {args.task}"))
+    bar = _progress_bar(f"{args.method} {args.task}")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        bar(step, total, loss)
+        status("training" if step < total else "evaluating the written adapter", step=step, total=total)
+
+    metrics = train_run(spec, args.out, on_step=on_step)
     print(f"test accuracy {metrics['test']['accuracy']:.4f} in {metrics['wall_time_s']:.0f} s -> {args.out}")
+
+
+def _status_writer(path: str | None, *, every_s: float = 0.25) -> Callable[..., None]:
+    """`status(phase, **fields)` rewrites `path` atomically as JSON; steps at most every `every_s` (phases always)."""
+    last: dict[str, object] = {"phase": None, "time": 0.0}
+
+    def status(phase: str, **fields: object) -> None:
+        now = time.monotonic()
+        if path is None or (phase == last["phase"] and now - float(last["time"]) < every_s):
+            return
+        last.update(phase=phase, time=now)
+        tmp = Path(f"{path}.tmp")
+        try:
+            tmp.write_text(json.dumps({"phase": phase, **fields}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the status file is a courtesy to the app; the run's own log is its record
+
+    return status
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
