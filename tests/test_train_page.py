@@ -237,3 +237,20 @@ def test_cancel_takes_effect_within_2_s_of_a_real_job_starting(runs_dir):
     assert not jobs.is_running(runs_dir, "real") and time.monotonic() - start < 2.0
     assert jobs.progress(runs_dir, "real").state == "cancelled"
     assert not list(runs_dir.glob(".real.partial-*"))
+
+
+@pytest.mark.slow
+def test_cancel_of_a_real_training_job_takes_effect_within_2_s(runs_dir):
+    """A real run as the app starts it (MiniLM on bbc-topic), cancelled once its steps have begun."""
+    command = jobs.train_command("real", method="lora", task="bbc-topic", budget_rank=2, epochs=1.0, runs_dir=runs_dir)
+    jobs.launch("real", command, runs_dir)
+    deadline = time.monotonic() + 600
+    while (p := jobs.progress(runs_dir, "real")).phase != "training" and time.monotonic() < deadline:
+        assert p.state == "running", p.log_tail
+        time.sleep(0.05)
+    assert p.phase == "training" and p.total > 0
+    start = time.monotonic()
+    assert jobs.cancel(runs_dir, "real")
+    assert not jobs.is_running(runs_dir, "real") and time.monotonic() - start < 2.0
+    assert jobs.progress(runs_dir, "real").state == "cancelled"
+    assert not list(runs_dir.glob(".real.partial-*")) and not (runs_dir / "real").exists()
