@@ -125,11 +125,12 @@ def _describe(allocation: RankAllocation) -> str:
 
 def run_compress(args: argparse.Namespace) -> None:
     from analysis.export import compress_adapter, save_adapter
-    from analysis.para import allocate_ranks, para_index
+    from analysis.scope import allocate_scoped
 
     unit, value = next((u, getattr(args, flag)) for flag, u in CUT_FLAGS.items() if getattr(args, flag) is not None)
     adapter = _load(args)
-    allocation = allocate_ranks(para_index(_spectra(adapter, args)), value, unit, min_rank=args.min_rank)
+    cut = allocate_scoped(_spectra(adapter, args), value, unit, scope=args.scope, min_rank=args.min_rank)
+    allocation = cut.allocation
     if args.format in ("kohya", "diffusers") and not adapter.is_single_file:
         raise ValueError(
             f"--format {args.format} needs a kohya / diffusers input, but {adapter.source} is {adapter.format}; "
@@ -141,6 +142,12 @@ def run_compress(args: argparse.Namespace) -> None:
     except FileExistsError as err:  # the library's keyword is `overwrite`; here it is a flag
         raise FileExistsError(str(err).replace("pass overwrite", "add --overwrite to replace it")) from None
     print(_describe(allocation))
+    if len(cut.budgets) > 1:  # each component's budget, under either scope
+        for b in cut.budgets:
+            print(
+                f"  {b.name}: {b.n_modules} modules, params {b.n_params_after:,} of {b.n_params_before:,} "
+                f"({b.params_fraction:.1%}), energy {b.energy_kept:.2%}, mean rank {b.mean_rank:.2f}"
+            )
     if allocation.held:
         print(f"kept {len(allocation.held)} DoRA module(s) at rank 1 that the cut drops (peft holds none at rank 0)")
     print(f"wrote {out}")
@@ -205,6 +212,13 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
         "ending in .safetensors is written as that one file",
     )
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
+    p.add_argument(
+        "--scope",
+        choices=["global", "component"],
+        default="global",
+        help="global: one threshold over every module (PARA); component: the same cut within each text encoder, "
+        "UNet or transformer of a diffusion LoRA",
+    )
     p.add_argument(
         "--format",
         choices=["peft", "kohya", "diffusers"],

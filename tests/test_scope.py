@@ -1,0 +1,79 @@
+"""Cut scope: one PARA threshold (global) or the same cut within each component of a diffusion LoRA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from analysis.__main__ import main
+from analysis.para import allocate_ranks, para_index
+from analysis.scope import allocate_scoped, allocation_of, component_of
+from analysis.spectra import AdapterSpectra, Spectrum
+from tests.builders import factors_with_sigma
+
+
+def sd_spectra() -> AdapterSpectra:
+    """A UNet with large updates and a text encoder with small ones, as in trained SD LoRAs."""
+    rng = np.random.default_rng(0)
+    spectra = [
+        Spectrum(f"lora_unet_block_{i}_to_q", np.sort(rng.lognormal(size=8))[::-1] * 10, 40, 40) for i in range(6)
+    ]
+    spectra += [Spectrum(f"lora_te_text_model_encoder_layers_{i}_q_proj", np.sort(rng.lognormal(size=8))[::-1] * 0.1,
+                         24, 24) for i in range(4)]  # fmt: skip
+    return AdapterSpectra("fp", tuple(spectra), "cpu", "float64", 0.0)
+
+
+def test_component_of_reads_kohya_and_diffusers_names():
+    assert component_of("lora_te2_text_model_encoder_layers_0_mlp_fc1") == "text encoder 2"
+    assert component_of("lora_te_text_model_encoder_layers_0_mlp_fc1") == "text encoder"
+    assert component_of("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == "text encoder"
+    assert component_of("unet.mid_block.attentions.0.to_q") == component_of("lora_unet_mid_block_to_q") == "UNet"
+    assert component_of("transformer.single_transformer_blocks.0.attn.to_q") == "transformer"
+    assert component_of("model.layers.0.self_attn.q_proj") == "model"
+
+
+def test_component_scope_keeps_the_energy_in_every_component():
+    spectra = sd_spectra()
+    global_cut = allocate_scoped(spectra, 0.9, "energy")
+    te = next(b for b in global_cut.budgets if b.name == "text encoder")
+    assert te.n_params_after == 0  # one threshold over everything leaves the small text encoder nothing
+    cut = allocate_scoped(spectra, 0.9, "energy", scope="component")
+    assert [b.name for b in cut.budgets] == ["UNet", "text encoder"]
+    assert all(b.energy_kept >= 0.9 for b in cut.budgets)
+    assert sum(b.n_params_after for b in cut.budgets) == cut.allocation.n_params_after
+    for scope in ("global", "component"):  # a parameter budget is kept within each component and overall
+        c = allocate_scoped(spectra, 0.5, "params_fraction", scope=scope)
+        assert c.allocation.n_params_after <= 0.5 * c.allocation.n_params_before
+        if scope == "component":
+            assert all(b.params_fraction <= 0.5 for b in c.budgets)
+    with pytest.raises(ValueError, match="scope must be one of"):
+        allocate_scoped(spectra, 0.9, scope="layer")
+
+
+def test_allocation_of_ranks_reports_what_the_global_cut_reports():
+    index = para_index(sd_spectra())
+    for energy in (0.3, 0.9, 1.0):
+        a = allocate_ranks(index, energy)
+        b = allocation_of(index, np.array(a.ranks), 0)
+        assert (b.ranks, b.n_params_after, b.tau) == (a.ranks, a.n_params_after, a.tau)
+        assert b.energy_kept == pytest.approx(a.energy_kept) and b.rel_error == pytest.approx(a.rel_error)
+
+
+def test_cli_compress_scope_component_shows_each_components_budget(capsys, tmp_path):
+    tensors = {}
+    scales = {
+        "lora_unet_a_to_q": 10.0,
+        "lora_unet_b_to_q": 8.0,
+        "lora_te_text_q_proj": 0.1,
+        "lora_te_text_k_proj": 0.05,
+    }
+    for i, (name, scale) in enumerate(scales.items()):
+        B, A = factors_with_sigma([scale * s for s in (4.0, 2.0, 1.0, 0.5)], seed=i)
+        tensors |= {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B, f"{name}.alpha": torch.tensor(4.0)}
+    save_file(tensors, tmp_path / "sd.safetensors")
+    assert main(["compress", str(tmp_path / "sd.safetensors"), "--energy", "0.9", "--scope", "component",
+                 "--out", str(tmp_path / "out.safetensors")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "  UNet: 2 modules" in out and "  text encoder: 2 modules" in out
