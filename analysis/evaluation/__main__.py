@@ -95,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m analysis.evaluation ...`: the same command on its own; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.evaluation")
+    parser = argparse.ArgumentParser(prog="python -m analysis")  # usage reads as the main command's
     add_evaluate(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
     try:
