@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from analysis.cli_args import OneLineParser, at_least, error_line, fraction, non_negative
+from analysis.evaluation.__main__ import add_evaluate  # the evaluate command (its own base model and data)
 
 if TYPE_CHECKING:  # the engine (torch) is imported by each command when it runs: `--help` needs none of it
     from analysis.adapters import LoraAdapter
@@ -34,8 +35,17 @@ CUT_FLAGS: dict[str, str] = {
 
 
 def _load(args: argparse.Namespace) -> LoraAdapter:
-    from analysis.adapters import load_adapter
+    from analysis.adapters import AdapterError, load_adapter
+    from analysis.hub import HubError, hub_cache_dir, is_hub_id, resolve_hub
 
+    if is_hub_id(args.adapter):  # ORG/NAME that is no local path: huggingface_hub's cache (never a download here)
+        try:
+            return load_adapter(resolve_hub(args.adapter, kind="adapter"))
+        except HubError:
+            raise AdapterError(
+                f"{args.adapter}: no such file or folder, nor a Hub id in the cache ({hub_cache_dir()}); check the "
+                "path, or fetch the id with python -m analysis evaluate ... --download or hf download"
+            ) from None
     return load_adapter(args.adapter)
 
 
@@ -234,7 +244,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 # One entry per subcommand: each adds its parser and names its `run(args)`; add a command by adding one here.
-SUBCOMMANDS = [add_info, add_spectra, add_compress, add_sweep]
+SUBCOMMANDS = [add_info, add_spectra, add_compress, add_sweep, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

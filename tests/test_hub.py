@@ -114,3 +114,16 @@ def test_home_loads_an_adapter_by_hub_id_from_the_cache(cached_llama, home):
     next(b for b in home.button if b.label == "Load").click().run()
     assert home.error[0].value.startswith("org/not-there: not in the Hugging Face cache")
     assert metric(home, "Modules") == "14"  # the loaded adapter stays
+
+
+def test_info_and_compress_take_a_cached_hub_id(cached_llama, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    assert main(["info", "org/tiny-llama-lora"]) == 0
+    assert f"source       {cached_llama}" in capsys.readouterr().out
+    assert main(["compress", "org/tiny-llama-lora", "--energy", "0.9", "--out", str(tmp_path / "cut")]) == 0
+    assert load_adapter(tmp_path / "cut").n_params < load_adapter(cached_llama).n_params
+    assert main(["info", "org/not-cached"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: org/not-cached: no such file or folder, nor a Hub id in the cache"
+    )

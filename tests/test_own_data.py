@@ -240,3 +240,13 @@ def test_cli_errors_are_one_line(llama, tmp_path, capsys):
     short.write_text("the market rose")
     assert evaluate_main([str(adapter_dir), "--data", str(short)]) == 2
     assert "no document has 64 tokens" in capsys.readouterr().err
+
+
+def test_evaluate_main_cli_has_the_command(bert, capsys):
+    from analysis.__main__ import main
+
+    base_dir, adapter_dir, labelled = bert
+    argv = ["evaluate", str(adapter_dir), "--base", str(base_dir), "--data", str(labelled), "--energy", "0.9"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "uncompressed accuracy" in out and "energy 0.9" in out

@@ -12,6 +12,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from analysis.cli_args import OneLineParser, at_least, error_line, fraction, non_negative
+
 # CLI flag -> cut unit, as `compress` has them; each takes one or more values
 CUT_FLAGS = {
     "energy": "energy",
@@ -37,18 +39,18 @@ def add_evaluate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model folder or Hub id (default: the adapter's base_model_name_or_path)")
     p.add_argument("--task", choices=["causal-lm", "classification"], help="default: from the adapter or the model")
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--energy", type=float, nargs="+", help="fractions of energy to keep, in (0, 1]")
-    cut.add_argument("--tau", type=float, nargs="+", help="absolute thresholds")
-    cut.add_argument("--relative", type=float, nargs="+", help="thresholds relative to the largest value")
-    cut.add_argument("--params-fraction", dest="params_fraction", type=float, nargs="+", help="LoRA params kept")
-    cut.add_argument("--params", type=int, nargs="+", help="numbers of LoRA params to keep at most")
-    cut.add_argument("--mean-rank", dest="mean_rank", type=float, nargs="+", help="mean ranks over modules")
+    cut.add_argument("--energy", type=fraction, nargs="+", help="energy to keep: 0.9 or 90%%, one or more")
+    cut.add_argument("--tau", type=non_negative(float), nargs="+", help="absolute thresholds")
+    cut.add_argument("--relative", type=fraction, nargs="+", help="thresholds relative to the largest value")
+    cut.add_argument("--params-fraction", dest="params_fraction", type=fraction, nargs="+", help="LoRA params kept")
+    cut.add_argument("--params", type=non_negative(int), nargs="+", help="numbers of LoRA params to keep at most")
+    cut.add_argument("--mean-rank", dest="mean_rank", type=non_negative(float), nargs="+", help="mean ranks")
     p.add_argument("--min-rank", type=int, choices=[0, 1], default=0)
-    p.add_argument("--seq-len", type=int, default=64, help="causal LM: tokens per chunk (default 64)")
-    p.add_argument("--max-chunks", type=int, default=128, help="causal LM: chunks scored, a seeded sample")
-    p.add_argument("--seed", type=int, default=0, help="seed of the chunk sample (default 0)")
-    p.add_argument("--max-length", type=int, default=128, help="classification: tokens per text")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=at_least(2), default=64, help="causal LM: tokens per chunk (default 64)")
+    p.add_argument("--max-chunks", type=at_least(1), default=128, help="causal LM: chunks scored, a seeded sample")
+    p.add_argument("--seed", type=at_least(0), default=0, help="seed of the chunk sample (default 0)")
+    p.add_argument("--max-length", type=at_least(1), default=128, help="classification: tokens per text")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     p.add_argument("--labels", help="classification: class names in id order, comma-separated")
     p.add_argument("--download", action="store_true", help="download Hub ids that are not cached")
     p.set_defaults(run=run_evaluate)
@@ -95,13 +97,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m analysis.evaluation ...`: the same command on its own; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m analysis")  # usage reads as the main command's
-    add_evaluate(parser.add_subparsers(dest="command", required=True))
+    parser = OneLineParser(prog="python -m analysis")  # usage reads as the main command's
+    add_evaluate(parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser))
     args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
     try:
         args.run(args)
     except (ValueError, OSError) as err:  # DataError, BaseModelError, HubError, AdapterError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err, args.adapter), file=sys.stderr)
         return 2
     return 0
 
