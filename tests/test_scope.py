@@ -8,9 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from analysis.__main__ import main
+from analysis.adapters import load_adapter
 from analysis.para import allocate_ranks, para_index
 from analysis.scope import allocate_scoped, allocation_of, component_of
-from analysis.spectra import AdapterSpectra, Spectrum
+from analysis.spectra import AdapterSpectra, Spectrum, adapter_spectra
+from pages.shared.state import KEY_EXPORT_ZIP
 from tests.builders import factors_with_sigma
 
 
@@ -77,3 +79,35 @@ def test_cli_compress_scope_component_shows_each_components_budget(capsys, tmp_p
                  "--out", str(tmp_path / "out.safetensors")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "  UNet: 2 modules" in out and "  text encoder: 2 modules" in out
+
+
+def test_para_page_scope_picker_cuts_each_component_and_exports_that_cut(home, tmp_path):
+    tensors = {}
+    scales = {
+        "lora_unet_a_to_q": 10.0,
+        "lora_unet_b_to_q": 8.0,
+        "lora_te_text_q_proj": 0.02,
+        "lora_te_text_k_proj": 0.01,
+    }
+    for i, (name, scale) in enumerate(scales.items()):
+        B, A = factors_with_sigma([scale * s for s in (4.0, 2.0, 1.0, 0.5)], seed=i)
+        tensors |= {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B, f"{name}.alpha": torch.tensor(4.0)}
+    save_file(tensors, tmp_path / "sd.safetensors")
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(tmp_path / "sd.safetensors"))
+    home.button[0].click().run()
+    home.switch_page("pages/2_PARA.py").run()
+    scope = next(s for s in home.selectbox if s.label == "Cut scope")
+    budgets = home.dataframe[-1].value
+    te = list(budgets["component"]).index("text encoder")  # rows in module order (the file's: lora_te first)
+    assert set(budgets["component"]) == {"UNet", "text encoder"} and budgets["params kept"].iloc[te] == 0
+    scope.set_value("The same cut within each component").run()
+    assert not home.exception
+    budgets = home.dataframe[-1].value
+    assert budgets["params kept"].iloc[te] > 0  # the text encoder keeps its share of the energy now
+    next(b for b in home.button if b.label == "Build the compressed adapter (.safetensors)").click().run()
+    (_, ranks, _), _ = home.session_state[KEY_EXPORT_ZIP]
+    spectra = adapter_spectra(load_adapter(tmp_path / "sd.safetensors"))
+    energy = home.slider[0].value / 100  # the page's default unit: energy kept, in percent
+    assert ranks == allocate_scoped(spectra, energy, "energy", scope="component").allocation.ranks
+    assert sum(k for n, k in zip(spectra.names, ranks, strict=True) if n.startswith("lora_te")) > 0

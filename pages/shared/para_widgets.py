@@ -19,6 +19,7 @@ from analysis.recommend import CutEvaluator, CutSearch, bisection_steps, smalles
 from pages.shared import cache
 from pages.shared.export_widgets import export_ui
 from pages.shared.own_data_widgets import own_evaluator
+from pages.shared.scope_widgets import scoped_cut_ui
 from pages.shared.state import (
     KEY_EVAL_REQUESTED,
     KEY_PARA_EVAL_SPLIT,
@@ -53,7 +54,7 @@ def live_cut(adapter: LoraAdapter, index: ParaIndex) -> None:
     if evaluator is not None:
         evaluation_ui(evaluator, allocation, position)
     changed_modules_ui(allocation)
-    export_ui(adapter, allocation)
+    export_ui(adapter, scoped_cut_ui(index, value, unit, allocation))  # one threshold, or one per component
 
 
 def _evaluator(adapter: LoraAdapter, index: ParaIndex) -> CutEvaluator | None:

@@ -17,6 +17,7 @@ KEY_UPLOAD_DIR = "upload_dir"
 KEY_CUT_UNIT = "cut_unit"
 KEY_CUT_VALUE = "cut_value"  # prefix; the unit is appended so each unit keeps its own slider
 KEY_MIN_RANK = "min_rank"
+KEY_CUT_SCOPE = "cut_scope"  # one threshold over everything (PARA) or one per component of a diffusion LoRA
 KEY_EXPORT_DIR = "export_dir"
 KEY_EXPORT_RESULT = "export_result"
 KEY_EXPORT_ZIP = "export_zip"  # (fingerprint, ranks, format) and the download (zip or file) built for it
