@@ -260,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for an interrupt
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and no traceback
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
         return 0

@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("list",):
             _quiet_transformers()
         args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C (or the app's cancel): one line, the shell's code for an interrupt
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         subject = getattr(args, args.subject)
         print(error_line(err, " ".join(subject) if isinstance(subject, list) else str(subject)), file=sys.stderr)
