@@ -177,3 +177,15 @@ def test_kohya_export_reads_the_same_in_kohya_and_diffusers(tmp_path):
             assert rel(got - b, want) < 1e-5, read.__name__
         for got, want, b in zip(outputs(*read(out)), reference, base, strict=True):
             assert rel(got - b, want) < 1e-5, read.__name__
+
+
+def test_a_bad_diffusers_header_is_one_line_naming_the_file(tmp_path):
+    from analysis.adapters import AdapterError
+
+    source = diffusers_lora_file("flux", tmp_path / "src", r=4, alpha=2.0)
+    tensors = load_file(source)
+    for header, says in (("{not json", "is not JSON"), (json.dumps({"transformer.r": 3}), "says 3")):
+        save_file(tensors, tmp_path / "bad.safetensors", metadata={"format": "pt", "lora_adapter_metadata": header})
+        with pytest.raises(AdapterError, match=says) as err:
+            load_adapter(tmp_path / "bad.safetensors")
+        assert str(err.value).startswith(str(tmp_path / "bad.safetensors")) and "\n" not in str(err.value)
