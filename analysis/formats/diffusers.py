@@ -54,9 +54,11 @@ def read_header(file: Path, metadata: Mapping[str, str]) -> dict[str, dict[str, 
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as err:
-        raise AdapterError(f"{file}: its {HEADER_KEY} header is not JSON ({str(err)[:80]}); re-save it with diffusers") from None
+        reason = str(err)[:80]
+        message = f"{file}: its {HEADER_KEY} header is not JSON ({reason}); re-save it with diffusers"
+        raise AdapterError(message) from None
     if not isinstance(header, dict):
-        raise AdapterError(f"{file}: its {HEADER_KEY} header is no JSON object; re-save it with diffusers") from None
+        raise AdapterError(f"{file}: its {HEADER_KEY} header is no JSON object; re-save it with diffusers")
     if "r" in header or "lora_alpha" in header:  # one model's LoraConfig, as ModelMixin.save_lora_adapter writes it
         configs = {"": header}
     else:  # a pipeline's: "<component>.<field>", as save_lora_weights packs them
