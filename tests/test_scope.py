@@ -111,3 +111,18 @@ def test_para_page_scope_picker_cuts_each_component_and_exports_that_cut(home, t
     energy = home.slider[0].value / 100  # the page's default unit: energy kept, in percent
     assert ranks == allocate_scoped(spectra, energy, "energy", scope="component").allocation.ranks
     assert sum(k for n, k in zip(spectra.names, ranks, strict=True) if n.startswith("lora_te")) > 0
+
+
+def test_para_page_says_when_dora_modules_are_held_at_rank_one(home, tmp_path):
+    tensors = {}
+    for name, sigma in (("lora_unet_big", [4.0, 2.0]), ("lora_unet_small", [1e-3, 1e-4])):
+        B, A = factors_with_sigma(sigma)
+        tensors |= {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B, f"{name}.alpha": torch.tensor(2.0)}
+        tensors[f"{name}.dora_scale"] = torch.ones(1, 40)
+    save_file(tensors, tmp_path / "dora.safetensors")
+    home.radio[0].set_value("Folder on the server").run()
+    home.text_input[0].input(str(tmp_path / "dora.safetensors"))
+    home.button[0].click().run()
+    home.switch_page("pages/2_PARA.py").run()
+    assert not home.exception
+    assert any("1 DoRA module(s) the cut drops are kept at rank 1" in c.value for c in home.caption)

@@ -31,6 +31,8 @@ FORMAT_LABELS = {
 def export_ui(adapter: LoraAdapter, allocation: RankAllocation) -> None:
     """Format, build + download, save to a folder with the round-trip check, and the rank_pattern."""
     st.subheader("Export")
+    if allocation.held:  # what the cut alone would drop, kept: peft holds no DoRA module at rank 0
+        st.caption(f"{len(allocation.held)} DoRA module(s) the cut drops are kept at rank 1, with their magnitudes.")
     export_format = st.radio("Format", export_formats(adapter), format_func=FORMAT_LABELS.get, horizontal=True)
     download, save = st.columns(2)
     # Built on request for the cut this run shows, kept for it, and offered as bytes: the same bytes get the same
