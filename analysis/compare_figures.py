@@ -88,10 +88,13 @@ def totals_figure(
     for label, values in totals.items():
         color = (colors or {}).get(label)
         fig.add_trace(go.Bar(name=label, x=groups, y=[values.get(g, 0) for g in groups], marker_color=color))
-    fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.25})
+    # the legend above the bars, clear of the rotated type labels and the axis title below them
+    fig.update_layout(barmode="group", legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02,
+                                               "yanchor": "bottom"})  # fmt: skip
     fig.update_xaxes(title=by, type="category")
     fig.update_yaxes(title="total rank")
-    return _layout(fig, title, height=360)
+    fig = _layout(fig, title, height=380)
+    return fig.update_layout(margin={"t": 84}, title={"y": 0.98, "yanchor": "top"})  # the legend on a row below
 
 
 def group_totals(ranks: Mapping[str, int], *, by: str) -> dict[str, int]:
@@ -134,8 +137,22 @@ def rank_scatter_figure(pairs: Sequence[RankPair]) -> go.Figure:
         )  # fmt: skip
     fig.update_xaxes(title="PARA rank (matched budget)", rangemode="tozero")
     fig.update_yaxes(title="the run's rank", rangemode="tozero")
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
     return _layout(fig, "Per-module ranks: PARA vs each run", height=420)
+
+
+def accuracy_range(accuracies: Sequence[float], *, min_span: float = 2.0) -> tuple[float, float]:
+    """The accuracy axis (percent) zoomed to the data, padded, at least `min_span` points wide.
+
+    Example:
+        accuracies 0.849 .. 0.899 -> (84.1, 90.7): the runs spread over the axis instead of piling at the top
+        of 0-100%.
+    """
+    if not accuracies:
+        return 0.0, 100.0
+    low, high = 100 * min(accuracies), 100 * max(accuracies)
+    pad = 0.15 * max(high - low, min_span) + 0.3
+    return max(0.0, low - pad), min(100.0, high + pad)
 
 
 @dataclass(frozen=True)
@@ -177,11 +194,18 @@ def accuracy_budget_figure(
                 hovertemplate=f"{p.label}<br>%{{x:.1f}}% params, %{{y:.2f}}%<extra></extra>",
             )
         )  # fmt: skip
-    if baseline is not None:
+    low, high = accuracy_range([p.accuracy for p in (*curve, *points)])
+    if baseline is not None and low <= 100 * baseline <= high:
         fig.add_hline(y=100 * baseline, line={"dash": "dot", "color": "#999"}, annotation_text="majority class")
+    elif baseline is not None:  # far below the runs: say so rather than stretch the axis to it
+        fig.add_annotation(
+            text=f"majority class: {100 * baseline:.1f}% ({'below' if 100 * baseline < low else 'above'} this range)",
+            xref="paper", yref="paper", x=0, y=0 if 100 * baseline < low else 1, xanchor="left",
+            yanchor="bottom" if 100 * baseline < low else "top", showarrow=False, font={"color": "#777", "size": 11},
+        )  # fmt: skip
     ticks = [1, 2, 5, 10, 15, 25, 50, 100]
     fig.update_xaxes(title="LoRA parameters (% of the PARA source, log scale)", type="log", tickvals=ticks,
                      ticktext=[f"{t}%" for t in ticks])  # fmt: skip
-    fig.update_yaxes(title="accuracy (%)")
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    fig.update_yaxes(title="accuracy (%)", range=[low, high])
+    fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
     return _layout(fig, "Accuracy against parameter budget", height=440)

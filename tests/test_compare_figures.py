@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from analysis.compare_figures import (
     AccuracyPoint,
     RankPair,
     accuracy_budget_figure,
+    accuracy_range,
     group_totals,
     rank_maps_figure,
     rank_scatter_figure,
@@ -60,4 +63,18 @@ def test_accuracy_budget_figure_sorts_the_curve_and_adds_points():
     fig = accuracy_budget_figure(curve, points, baseline=0.23)
     assert len(fig.data) == 2 and list(fig.data[0].x) == [10.0, 100.0] and list(fig.data[0].y) == [88.0, 90.0]
     assert fig.data[1].x == (25.0,) and fig.layout.xaxis.type == "log"
-    assert fig.layout.yaxis.title.text == "accuracy (%)" and len(fig.layout.shapes) == 1
+    assert fig.layout.yaxis.title.text == "accuracy (%)"
+    low, high = fig.layout.yaxis.range
+    assert 80 < low < 85 and 90 < high < 95  # zoomed to the runs (85-90%), not 20-90%
+    assert not fig.layout.shapes and "majority class: 23.0% (below" in fig.layout.annotations[0].text
+    near = accuracy_budget_figure(curve, points, baseline=0.86)  # inside the range: drawn as a line
+    assert len(near.layout.shapes) == 1 and near.layout.yaxis.range == fig.layout.yaxis.range
+
+
+def test_accuracy_range_is_the_data_padded_and_at_least_two_points_wide():
+    assert accuracy_range([]) == (0.0, 100.0)
+    low, high = accuracy_range([0.849, 0.899])
+    assert low == pytest.approx(84.9 - 1.05) and high == pytest.approx(89.9 + 1.05)
+    low, high = accuracy_range([0.5, 0.5])
+    assert high - low == pytest.approx(2 * (0.15 * 2 + 0.3))
+    assert accuracy_range([0.999, 1.0])[1] == 100.0

@@ -54,3 +54,15 @@ def test_compare_page_warns_where_the_source_cannot_reach_a_runs_budget(home):
     assert not home.exception
     (warning,) = [w.value for w in home.warning if "cannot reach the budget" in w.value]
     assert "minilm-bbc-topic-lora-r32 (1,327,104 LoRA parameters; PARA at most 331,776)" in warning
+
+
+def test_compare_table_shows_a_dash_not_none_and_the_accuracy_axis_fits_the_runs(home):
+    home.switch_page("pages/3_Compare.py").run()
+    home.selectbox(key="compare_task").set_value("bbc-topic").run()
+    table = home.dataframe[0].value
+    uniform = table[table["method"] == "LoRA (fixed rank)"]
+    assert list(uniform["Spearman"]) == ["–"]  # undefined against a uniform allocation: a dash, not None
+    assert table["LoRA params"].dtype.kind == "i" and table["accuracy"].dtype.kind == "f"  # numbers still sort
+    (curve,) = [c for c in home.get("plotly_chart") if "Accuracy against parameter budget" in c.proto.spec]
+    low, high = json.loads(curve.proto.spec)["layout"]["yaxis"]["range"]
+    assert 80 < low < 86 and 90 < high < 93  # the runs lie at 84.9-89.9%: the axis is zoomed to them

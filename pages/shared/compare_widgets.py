@@ -6,6 +6,7 @@ through `cache.cached_evaluation`, with a progress bar, only when the user asks 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,6 +150,12 @@ def _acc(e: Evaluation | None) -> float | None:
     return None if e is None else e.accuracy
 
 
+TABLE_FORMATS = {
+    "LoRA params": "{:,}", "PARA params (matched)": "{:,}", "accuracy": "{:.2%}", "PARA accuracy": "{:.2%}",
+    "PARA − run (points)": "{:+.2f}", "Spearman": "{:.2f}", "L1 distance": "{:.2f}",
+}  # fmt: skip
+
+
 def show_accuracy_table(result: TaskComparison) -> None:
     """One row per run: its parameters and accuracy beside PARA's at the matched budget."""
     rows = [
@@ -162,13 +169,28 @@ def show_accuracy_table(result: TaskComparison) -> None:
         }
         for r in result.runs
     ]  # fmt: skip
-    pct = st.column_config.NumberColumn(format="percent")
+    # Thousands separators and percentages through a Styler (the data stays numeric, so sorting does too);
+    # Streamlit draws a missing number as "None" whatever the Styler says, so a column with a missing value is
+    # shown as text, "–" where it is missing. Widths and short labels so that every column fits at 1280 px.
+    frame = pd.DataFrame(rows)
+    for name, spec in TABLE_FORMATS.items():
+        if frame[name].isna().any():
+            frame[name] = [("–" if pd.isna(x) else spec.format(x)) for x in frame[name]]
+    table = frame.style.format({k: v for k, v in TABLE_FORMATS.items() if pd.api.types.is_numeric_dtype(frame[k])})
+    column = functools.partial(st.column_config.Column, alignment="right")  # numbers, also where shown as text
     st.dataframe(
-        pd.DataFrame(rows), hide_index=True, width="stretch",
-        column_config={"accuracy": pct, "PARA accuracy": pct,
-                       "PARA − run (points)": st.column_config.NumberColumn(format="%+.2f"),
-                       "Spearman": st.column_config.NumberColumn(format="%.2f"),
-                       "L1 distance": st.column_config.NumberColumn(format="%.2f")},
+        table, hide_index=True, width="stretch",
+        column_config={
+            "run": st.column_config.Column(width=175, pinned=True),
+            "method": st.column_config.Column(width=110),
+            "LoRA params": column(width=85),
+            "accuracy": column(width=75),
+            "PARA params (matched)": column("PARA params", width=85, help="PARA's LoRA parameters, matched"),
+            "PARA accuracy": column("PARA acc.", width=75, help="PARA's accuracy at the matched budget"),
+            "PARA − run (points)": column("PARA − run", width=75, help="in percentage points"),
+            "Spearman": column("Spearman", width=75, help="Spearman ρ of the per-module ranks"),
+            "L1 distance": column("L1", width=50),
+        },
     )  # fmt: skip
     if short := [r for r in result.runs if r.para.n_params < 0.9 * r.n_params]:
         st.warning(
@@ -177,9 +199,9 @@ def show_accuracy_table(result: TaskComparison) -> None:
             + ": those rows are not at matched budgets. Pick a source run with more parameters to compare them."
         )
     st.caption(
-        "Accuracy on the chosen split; PARA − run in percentage points. Spearman ρ of per-module ranks (None "
-        "against a uniform allocation, where it is undefined); L1 = Σ|PARA − run| / Σ(PARA + run) over modules, "
-        "0 for the same ranks, 1 for disjoint ones."
+        "Accuracy on the chosen split; PARA − run in percentage points; – where it is not evaluated yet. "
+        "Spearman ρ of per-module ranks (– against a uniform allocation, where it is undefined); L1 distance = "
+        "Σ|PARA − run| / Σ(PARA + run) over modules, 0 for the same ranks, 1 for disjoint ones."
     )
 
 
