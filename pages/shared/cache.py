@@ -7,12 +7,13 @@ Task evaluations are cached per (fingerprint, task, split, split digest[, cut po
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import tempfile
+import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from analysis.evaluation.evaluator import own_data_evaluator
 from analysis.para import ParaIndex, ParaSweep, RankAllocation, para_index, para_sweep
 from analysis.para_figures import RankGrid, rank_grid, rank_map_base, rank_map_figure, sweep_base
 from analysis.recommend import CutEvaluator, knee_position
+from analysis.safe_zip import private_temp_dir
 from analysis.side_by_side import cut_adapter
 from analysis.spectra import AdapterSpectra, adapter_spectra
 from analysis.subspaces import ModuleSimilarity, adapter_similarity
@@ -34,21 +36,38 @@ from analysis.training.cut_evaluators import evaluator_for_run, run_of
 from analysis.training.records import RunRecord
 from analysis.training.results import ComparisonReport, EvalKey, Evaluation, read_report
 
+# Heavy work (a load, an upload, spectra) runs for one session at a time: the engine already keeps both cores
+# busy, and a second job would only halve its speed while taking the GIL from every session's reruns (a slider
+# move is a few ms of work). The others wait for their turn; a cached result never waits.
+HEAVY_AT_ONCE = 1
+_heavy = threading.BoundedSemaphore(HEAVY_AT_ONCE)
+# What the caches hold at most (README, "A shared server"): adapters and uploads are dropped an hour after their
+# last use, oldest first beyond their counts; spectra, indexes and sweeps are small (kilobytes per adapter).
+ADAPTERS_MAX, UPLOADS_MAX, ADAPTER_TTL_S = 16, 8, 3600
 
-@st.cache_resource(max_entries=16, show_spinner="Loading adapter…")
+
+@contextlib.contextmanager
+def heavy_work() -> Iterator[None]:
+    """Wait for the one slot of heavy work, then hold it."""
+    with _heavy:
+        yield
+
+
+@st.cache_resource(max_entries=ADAPTERS_MAX, ttl=ADAPTER_TTL_S, show_spinner="Loading adapter…")
 def cached_adapter(path: str, mtime_ns: int) -> LoraAdapter:
     """Adapter at `path`; `mtime_ns` is part of the key so an edited folder is read again."""
-    return load_adapter(path)
+    with heavy_work():
+        return load_adapter(path)
 
 
-@st.cache_resource(max_entries=8, show_spinner="Reading upload…")
+@st.cache_resource(max_entries=UPLOADS_MAX, ttl=ADAPTER_TTL_S, show_spinner="Reading upload…")
 def cached_upload(digest: str, _files: tuple[tuple[str, bytes], ...]) -> LoraAdapter:
     """Adapter from uploaded files, keyed by their content hash.
 
     One file: a zip or a single .safetensors. Several: the files of one adapter folder (by base name).
-    The temp copy is removed at once; the loaded tensors do not depend on it.
+    The temp copy is removed at once (a killed server's, by the next upload); the tensors do not depend on it.
     """
-    with tempfile.TemporaryDirectory(prefix="lora-rank-lab-upload-") as tmp:
+    with heavy_work(), _temp_folder("upload") as tmp:
         if len(_files) == 1:
             name, data = _files[0]
             target = Path(tmp) / f"upload{Path(name).suffix.lower()}"
@@ -74,9 +93,19 @@ def upload_digest(files: tuple[tuple[str, bytes], ...]) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _temp_folder(kind: str) -> Iterator[str]:
+    tmp = private_temp_dir(kind)
+    try:
+        yield str(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @st.cache_data(max_entries=32, show_spinner="Computing spectra…")
 def cached_spectra(fingerprint: str, _adapter: LoraAdapter) -> AdapterSpectra:
-    return adapter_spectra(_adapter)
+    with heavy_work():
+        return adapter_spectra(_adapter)
 
 
 @st.cache_resource(max_entries=32)
