@@ -68,21 +68,36 @@ def find_adapters(folder: str | Path, *, depth: int = SEARCH_DEPTH) -> Search:
             except OSError:  # unreadable folder: not a candidate
                 continue
             n_entries += len(entries)
-            if any(e.name == CONFIG_NAME and e.is_file() for e in entries):
-                size = sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+            if any(e.name == CONFIG_NAME and _is(e.is_file) for e in entries):
+                size = sum(_size(e) for e in entries if _is(e.is_file, follow_symlinks=False))
                 found.append(FoundAdapter(Path(current), "PEFT folder", size, d))
                 continue  # the folder is the adapter: what lies below it belongs to it
             for e in entries:
                 if e.name.startswith("."):
-                    n_hidden += e.is_dir()
-                elif e.is_file() and e.name.lower().endswith(".safetensors"):
-                    found.append(FoundAdapter(Path(e.path), "safetensors file", e.stat().st_size, d))
-                elif e.is_dir(follow_symlinks=False):
+                    n_hidden += _is(e.is_dir)
+                elif e.name.lower().endswith(".safetensors") and _is(e.is_file):
+                    found.append(FoundAdapter(Path(e.path), "safetensors file", _size(e), d))
+                elif _is(e.is_dir, follow_symlinks=False):
                     below.append(Path(e.path))
             if n_entries >= MAX_ENTRIES:
                 return Search(root, tuple(sorted(found, key=_order)), n_hidden, True)
         level = below
     return Search(root, tuple(sorted(found, key=_order)), n_hidden, False)
+
+
+def _is(test, **kwargs) -> bool:
+    """An entry's type test, False where it cannot be answered (`/proc/1/cwd`: a link we may not follow)."""
+    try:
+        return bool(test(**kwargs))
+    except OSError:
+        return False
+
+
+def _size(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_size
+    except OSError:
+        return 0
 
 
 def _order(f: FoundAdapter) -> tuple[int, str]:

@@ -7,7 +7,7 @@ import streamlit as st
 from pages.shared import cache
 from pages.shared.sources import SOURCES, clear_messages, loaded_note
 from pages.shared.state import KEY_LOAD_ERROR, KEY_SOURCE
-from pages.shared.widgets import current_adapter, keep_settings
+from pages.shared.widgets import code, current_adapter, keep_settings, plain
 
 st.set_page_config(page_title="LoRA Rank Lab", layout="wide")
 keep_settings()
@@ -22,7 +22,7 @@ source = st.radio("Adapter source", list(SOURCES), horizontal=True, key=KEY_SOUR
 SOURCES[source]()
 
 if error := st.session_state.get(KEY_LOAD_ERROR):
-    st.error(error)
+    st.error(plain(error))
 elif note := loaded_note():
     st.success(note)
 
@@ -40,8 +40,8 @@ cols[1].metric("Modules", len(adapter.modules))
 cols[2].metric("LoRA params", f"{adapter.n_params:,}")
 cols[3].metric("File size", f"{adapter.file_size / 1e6:.2f} MB")
 st.markdown(
-    f"- **Source**: `{adapter.source}`\n"
-    f"- **Base model**: {adapter.base_model or 'not recorded'}\n"
+    f"- **Source**: {code(adapter.source)}\n"
+    f"- **Base model**: {plain(adapter.base_model) if adapter.base_model else 'not recorded'}\n"
     f"- **Ranks**: {', '.join(map(str, ranks))}\n"
     f"- **Scaling s** (alpha / r): {', '.join(f'{s:g}' for s in scalings[:6])}{' …' if len(scalings) > 6 else ''}\n"
     f"- **Spectra**: {len(spectra.spectra)} modules in {spectra.seconds * 1e3:.1f} ms on `{spectra.device}` "
@@ -49,5 +49,5 @@ st.markdown(
     f"- **Fingerprint**: `{adapter.fingerprint[:16]}`"
 )
 for warning in adapter.warnings:
-    st.warning(warning)
+    st.warning(plain(warning))
 st.info("Next: **Spectra** to explore every module, **PARA** to drag the global cut and export.")

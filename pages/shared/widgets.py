@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import streamlit as st
 
 from analysis.adapters import AdapterError, LoraAdapter
 from analysis.para import CutUnit, ParaIndex, RankAllocation, allocate_at, cut_position
+from analysis.safe_io import one_line
 from analysis.spectra import AdapterSpectra
 from pages.shared import cache
 from pages.shared.state import (
@@ -133,7 +135,23 @@ def adapter_or_stop() -> tuple[LoraAdapter, AdapterSpectra]:
 
 
 def show_adapter_banner(adapter: LoraAdapter) -> None:
-    st.caption(f"Adapter: `{adapter.source}` · {adapter.format} · {len(adapter.modules)} modules")
+    st.caption(f"Adapter: {code(adapter.source)} · {adapter.format} · {len(adapter.modules)} modules")
+
+
+_MARKUP = re.compile(r"([\\`*\[\]<>!$~|])")  # what makes images, links, code, emphasis, LaTeX, tables
+
+
+def plain(text: object) -> str:
+    """`text` from a file (a base model name, a module or file name, an error naming them) for st.markdown,
+    st.error and the like: shown as written, never as markup (no image fetched, no link, no LaTeX)."""
+    return _MARKUP.sub(r"\\\1", one_line(str(text)))
+
+
+def code(text: object) -> str:
+    """`text` from a file as inline code: a fence longer than any run of backticks in it, so it cannot close early."""
+    text = one_line(str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if fence != "`" else f"`{text}`"
 
 
 def keep_settings() -> None:
