@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 from bench.machine import machine_info  # noqa: E402
 from bench.make_adapter import make_adapter  # noqa: E402
@@ -130,15 +131,21 @@ async def wait_quiet(page, since: float, timeout_s: float = 300) -> float:
     raise TimeoutError("the app did not become quiet")
 
 
-async def load_folder(page, folder: Path) -> None:
-    """Home: the folder source, the path, Load; then wait for the load to finish."""
-    await page.get_by_role("radiogroup", name="Adapter source").get_by_text(FOLDER_SOURCE, exact=True).click()
-    await wait_idle(page)
-    box = page.get_by_role("textbox").first
-    await box.fill(str(folder))
-    await page.get_by_role("button", name=re.compile(r"^Load", re.IGNORECASE)).first.click()
-    await page.wait_for_timeout(300)
-    await wait_idle(page)
+async def load_folder(page, folder: Path, tries: int = 3) -> bool:
+    """Home: the folder source, the path, Load; wait until Home names the folder as the loaded source (a click
+    that lands while a run redraws the form is lost: then again, up to `tries` times). True if it loaded."""
+    for _ in range(tries):
+        await page.get_by_role("radiogroup", name="Adapter source").get_by_text(FOLDER_SOURCE, exact=True).click()
+        await wait_idle(page)
+        await page.get_by_role("textbox").first.fill(str(folder))
+        await page.get_by_role("button", name=re.compile(r"^Load", re.IGNORECASE)).first.click()
+        try:
+            await page.get_by_text(f"Loaded {folder}", exact=False).first.wait_for(timeout=240_000)
+            await wait_idle(page)
+            return True
+        except PlaywrightTimeout:
+            continue
+    return False
 
 
 async def caption(page) -> str:
@@ -154,7 +161,7 @@ async def session(browser, url: str, folder: Path, presses: int, log: list[str])
     await page.goto(url, wait_until="domcontentloaded")
     await wait_idle(page)
     await page.evaluate(WATCH)
-    await load_folder(page, folder)
+    is_loaded = await load_folder(page, folder)
     await page.locator("[data-testid='stSidebarNav'] a", has_text="PARA").first.click()
     await page.wait_for_timeout(300)
     await wait_idle(page)
@@ -165,17 +172,23 @@ async def session(browser, url: str, folder: Path, presses: int, log: list[str])
     slider = page.get_by_role("slider", name=SLIDER_NAME).first
     await slider.focus()
     steps = []
+    no_run = 0
     for _ in range(presses):
+        await slider.focus()  # a rerun may have drawn the slider anew
         pressed = await page.evaluate("() => performance.now()")
         await slider.press("ArrowRight")
         ended = await wait_quiet(page, pressed)
-        steps.append(max(0.0, ended - pressed) / 1000)
+        if ended == pressed:  # no run seen within 5 s: the press moved nothing (not a step)
+            no_run += 1
+            continue
+        steps.append((ended - pressed) / 1000)
     after = await caption(page)
-    own = own and str(folder) in after
+    own = is_loaded and own and str(folder) in after
     log.append(f"{folder.name}: loaded in {loaded_s:.1f} s, steps {', '.join(f'{s:.2f}' for s in steps)}")
     await context.close()
     return {"adapter": str(folder.relative_to(ROOT)), "loaded_s": loaded_s, "steps_s": steps, "banner": after,
-            "median_s": statistics.median(steps), "worst_s": max(steps), "saw_own_adapter": own}  # fmt: skip
+            "presses_without_run": no_run, "median_s": statistics.median(steps) if steps else None,
+            "worst_s": max(steps, default=None), "saw_own_adapter": own}  # fmt: skip
 
 
 async def run(url: str, sessions: list[Path], extra: list[Path], presses: int, server_pid: int) -> dict:
@@ -229,7 +242,8 @@ def main() -> None:
     for r in result["sessions"]:
         path = Path(r["adapter"])
         name = path.parent.name if path.name == "adapter" else path.name
-        print(f"| {name} | {r['loaded_s']:.1f} | {r['median_s']:.2f} | {r['worst_s']:.2f} | {r['saw_own_adapter']} |")
+        print(f"| {name} | {r['loaded_s']:.1f} | {r['median_s'] or 0:.2f} | {r['worst_s'] or 0:.2f} | "
+              f"{r['saw_own_adapter']} |")  # fmt: skip
     alone = result["alone"]
     print(
         f"\nall steps: median {result['median_step_s']:.2f} s, worst {result['worst_step_s']:.2f} s; one session "
