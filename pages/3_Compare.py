@@ -13,6 +13,7 @@ from analysis.training.catalog import classification_runs, fixed_rank
 from analysis.training.comparison import Evaluations, compare_task
 from pages.shared import cache
 from pages.shared import compare_widgets as cw
+from pages.shared.seed_widgets import show_seed_summary
 from pages.shared.widgets import keep_settings, load_path
 
 st.set_page_config(page_title="Compare · LoRA Rank Lab", layout="wide")
@@ -72,6 +73,8 @@ if result.runs:
         st.warning(
             "Some runs were trained with a different split (another seed): their accuracies are on other examples."
         )
+if report is not None:
+    show_seed_summary(report, task, split)
 baseline = source.metrics.get("baselines", {}).get("majority_test_accuracy") if split == "test" else None
 cw.show_accuracy_curve(result, baseline)
 if result.runs:

@@ -77,7 +77,7 @@ def test_markdown_tables_list_every_run_and_the_claimed_reduction_points():
 
 def test_read_report_rejects_other_schemas_and_bad_json(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"schema": 0, "tasks": []}))
-    with pytest.raises(ValueError, match="schema 0 is not 1"):
+    with pytest.raises(ValueError, match="schema 0 is not 2"):
         read_report(tmp_path / "old.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):

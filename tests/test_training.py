@@ -104,7 +104,9 @@ def test_train_run_writes_a_complete_record_that_engine_and_peft_load(tmp_path, 
     allocation = json.loads((folder / "allocation.json").read_text())
     assert len(allocation) == 12  # 2 layers x 6 target modules
     assert {m.name: m.r for m in adapter.modules} == {n: r for n, r in allocation.items() if r}
-    assert metrics["n_lora_params"] == adapter.n_params <= metrics["budget"]["params"]
+    assert metrics["n_lora_params"] == adapter.n_params
+    if method != "alora":  # ALoRA's budget is in ranks (the paper's R_target)
+        assert adapter.n_params <= metrics["budget"]["params"]
     model, _ = tiny_factory(2)
     peft_model = PeftModel.from_pretrained(model, folder / "adapter")
     ids = encode(tokenizer(), ["apple engine"], 12)
@@ -116,17 +118,21 @@ def test_train_run_writes_a_complete_record_that_engine_and_peft_load(tmp_path, 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_run_loss_decreases_on_an_easy_task(tmp_path, method):
     # 60 steps: AdaLoRA's triple product (E starts at 0, A and B ~ N(0, 0.02)) needs a few dozen to get going
-    config = TrainConfig(epochs=6, lr=5e-3, batch_size=16, max_length=12)
+    config = TrainConfig(epochs=6, lr=5e-3, batch_size=16, max_length=12, constant_lr=True)
     curve = run(tmp_path, method, config=config)["loss_curve"]
     assert sum(curve[-8:]) / 8 < 0.8 * sum(curve[:8]) / 8
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
 def test_adaptive_methods_end_non_uniform_within_budget(tmp_path, method):
-    config = TrainConfig(epochs=4, lr=5e-3, batch_size=16, max_length=12)
+    config = TrainConfig(epochs=4, lr=5e-3, batch_size=16, max_length=12, constant_lr=True)
     metrics = run(tmp_path, method, config=config, budget_rank=4)
     ranks = list(json.loads((tmp_path / method / "allocation.json").read_text()).values())
-    assert metrics["n_lora_params"] <= metrics["budget"]["params"]
+    if method == "alora":  # the paper's budget is in ranks: ranks move between modules of different cost
+        assert sum(ranks) == metrics["method_details"]["rank_budget"] == 4 * 12
+        assert metrics["method_details"]["rounds_done"] == 4
+    else:
+        assert metrics["n_lora_params"] <= metrics["budget"]["params"]
     assert len(set(ranks)) > 1, ranks
 
 
@@ -142,10 +148,9 @@ def test_alora_vectorised_scores_match_one_setting_per_pass():
     one = importance_scores(model, layers, inputs, labels, configs_per_pass=1)
     many = importance_scores(model, layers, inputs, labels, configs_per_pass=7)
     assert len(one) == 24 and all(abs(one[k] - many[k]) < 1e-5 for k in one)
-    budget = sum(int(layer.active.sum()) * 96 for layer in layers.values())
-    moves = reallocate(layers, one, n_prune=3, budget=budget)
+    moves = reallocate(layers, one, n_prune=3)
     assert len(moves["pruned"]) == 3 and not set(moves["added"]) & {n for n, _, _ in moves["pruned"]}
-    assert sum(int(layer.active.sum()) * 96 for layer in layers.values()) <= budget  # all tiny modules cost 96
+    assert sum(int(layer.active.sum()) for layer in layers.values()) == 24  # the rank budget is kept
 
 
 def test_adalora_budget_trim_drops_smallest_components_until_within_budget():

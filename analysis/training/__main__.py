@@ -36,7 +36,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 * the budget's rank)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (initialisation, batch order)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the data split, fixed across training seeds")
     p.add_argument("--out", required=True)
     p.add_argument("--status", default=None, help="JSON file kept current with the phase and step (for the app)")
     p.set_defaults(run=run_train, subject="out")
@@ -99,10 +100,22 @@ def add_make_samples(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_make_samples, subject="out")
 
 
+def add_grid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grid", help="every method x task x 3 seeds, learning rate picked on validation; resumable; then compare"
+    )
+    p.add_argument("--out", default="sample_adapters/grid", help="runs already there are kept")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=None, help="default: every method")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--no-compare", action="store_true", help="train only; skip writing comparison.json")
+    p.set_defaults(run=run_grid, subject="out")
+
+
 # One entry per subcommand: each adds its parser and sets `run` (called with the parsed args) and `subject`
 # (the argument an error line names); add a command by adding one here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_evaluate, add_compare, add_para_curve, add_train_causal_lm, add_list, add_make_samples,
+    add_train, add_evaluate, add_compare, add_para_curve, add_train_causal_lm, add_list, add_make_samples, add_grid,
 ]  # fmt: skip
 
 
@@ -150,7 +163,9 @@ def run_train(args: argparse.Namespace) -> None:
 
     status("loading the task data and the model")
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
-    spec = RunSpec(args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha)
+    spec = RunSpec(
+        args.method, args.task, config, args.budget_rank, args.budget_params, args.alpha, split_seed=args.split_seed
+    )
     bar = _progress_bar(f"{args.method} {args.task}")
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -233,6 +248,30 @@ def run_make_samples(args: argparse.Namespace) -> None:
     print(runs_table(args.out))
 
 
+def run_grid(args: argparse.Namespace) -> None:
+    """Train what the grid folder lacks (one line per finished or failed run, with its time), then compare."""
+    from tqdm import tqdm
+
+    from analysis.training import grid
+
+    def stamp(line: str) -> None:
+        tqdm.write(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stdout)
+        sys.stdout.flush()
+
+    start = time.perf_counter()
+    trained = grid.run_grid(
+        args.out, tasks=args.tasks, methods=args.methods, seeds=args.seeds, on_run=_progress_bar,
+        on_done=lambda name, seconds: stamp(f"{name}: {seconds:.0f} s"),
+        on_fail=lambda name, err: stamp(f"{name}: FAILED {err!r}"),
+    )  # fmt: skip
+    print(f"trained {len(trained)} runs in {time.perf_counter() - start:.0f} s -> {args.out}", flush=True)
+    if not args.no_compare:
+        run_compare(argparse.Namespace(
+            folder=args.out, out=None, split="test", fractions=_fractions("1,0.5,0.25,0.15,0.1,0.05"), min_rank=0,
+            recompute=False, argv=args.argv,
+        ))  # fmt: skip
+
+
 def run_list(args: argparse.Namespace) -> None:
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"{args.folder}: no such folder; name a folder of run records")
@@ -283,6 +322,7 @@ def run_compare(args: argparse.Namespace) -> None:
 
     from analysis.training.comparison import compare_runs
     from analysis.training.results import markdown_tables, read_report, write_report
+    from analysis.training.summary import source_line, summarize, summary_table, summary_to_json
 
     out = Path(args.out or Path(args.folder) / "comparison.json")
     previous = None if args.recompute else read_report(out)
@@ -302,9 +342,12 @@ def run_compare(args: argparse.Namespace) -> None:
     )  # fmt: skip
     for bar in bars.values():
         bar.close()
-    write_report(report, out)
+    summary = summarize(report)
+    write_report(report, out, extra={"summary": summary_to_json(summary)})
     n_total = len(report.evaluations())
     print(markdown_tables(report))
+    for task in dict.fromkeys(t.task for t in report.tasks):
+        print(f"\nOver seeds:\n\n{source_line(report, task)}\n\n{summary_table(summary, task)}")
     print(f"\n{n_computed} of {n_total} evaluations computed, the rest reused; {report.seconds:.0f} s -> {out}")
 
 

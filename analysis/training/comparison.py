@@ -28,6 +28,8 @@ from analysis.training.lora import StepCallback
 from analysis.training.records import ADAPTER_DIR, RunRecord
 from analysis.training.results import ComparisonReport, CutResult, EvalKey, Evaluation, RunResult, TaskComparison
 
+SELF_CUT_FRACTION = 0.5
+"""PARA applied to an adaptive run's own adapter: the cut keeping this share of its LoRA parameters."""
 DEFAULT_FRACTIONS = (1.0, 0.5, 0.25, 0.15, 0.1, 0.05)
 """PARA budgets of the accuracy-vs-budget curve, as fractions of the source's LoRA parameters."""
 
@@ -83,6 +85,14 @@ def read_allocation(run: RunRecord) -> dict[str, int]:
     if not file.is_file():
         raise ValueError(f"{run.path}: no allocation.json; is this a complete run record?")
     return {name: int(r) for name, r in json.loads(file.read_text()).items()}
+
+
+def by_seed(runs: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
+    """Runs grouped by training seed (metrics.json; 0 when not recorded), seeds in order."""
+    groups: dict[int, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(int(run.metrics.get("seed") or 0), []).append(run)
+    return dict(sorted(groups.items()))
 
 
 def _index(adapter: LoraAdapter) -> ParaIndex:
@@ -159,6 +169,22 @@ def compare_task(
             run.name,
             lambda on_step, run=run: evaluate_adapter(run.path, task, split=split, on_step=on_step),
         )
+        self_cut = None
+        if run.metrics.get("method") != "lora":  # PARA applied to the adaptive run itself, at a smaller budget
+            run_index = index_of(run_adapter)
+            position = cut_position(run_index, SELF_CUT_FRACTION, "params_fraction")
+            allocation = allocate_at(run_index, position, min_rank=min_rank)
+            self_eval = evaluations.get(
+                EvalKey(run_adapter.fingerprint, task, split, run_digest, position, min_rank),
+                f"PARA {SELF_CUT_FRACTION:.0%} of {run.name}",
+                lambda on_step, a=run_adapter, c=allocation, run=run: evaluate_cut(
+                    a, c, task, run=run.path, split=split, on_step=on_step
+                ),
+            )
+            self_cut = CutResult(
+                position, min_rank, allocation.n_params_after, allocation.params_fraction, allocation.energy_kept,
+                self_eval, SELF_CUT_FRACTION,
+            )  # fmt: skip
         c = matched.comparison
         results.append(
             RunResult(
@@ -175,11 +201,18 @@ def compare_task(
                 by_layer={str(k): v for k, v in c.by_layer.items()},
                 ranks=dict(matched.ranks),
                 para_ranks=dict(matched.para.rank_map),
+                seed=run.metrics.get("seed"),
+                n_steps=run.metrics.get("n_steps"),
+                wall_time_s=run.metrics.get("wall_time_s"),
+                lr=run.metrics.get("config", {}).get("lr"),
+                self_cut=self_cut,
             )
         )
+    m = source.metrics
     return TaskComparison(
         task, split, source.name, adapter.fingerprint, adapter.n_params, digest, source_eval,
-        tuple(curve), tuple(results),
+        tuple(curve), tuple(results), m.get("seed"), m.get("n_steps"), m.get("wall_time_s"),
+        m.get("config", {}).get("lr"),
     )  # fmt: skip
 
 
@@ -214,9 +247,10 @@ def compare_runs(
     evaluations = Evaluations(previous.evaluations() if previous else {}, compute=True, on_progress=on_progress)
     tasks = []
     for task, runs in classification_runs(folder).items():
-        result = compare_task(task, runs, evaluations, split=split, fractions=fractions, min_rank=min_rank)
-        if result is not None:
-            tasks.append(result)
+        for seed_runs in by_seed(runs).values():  # PARA cuts the source of the same training seed
+            result = compare_task(task, seed_runs, evaluations, split=split, fractions=fractions, min_rank=min_rank)
+            if result is not None:
+                tasks.append(result)
     if not tasks:
         raise ValueError(f"{folder}: no finished classification run with a fixed-rank (lora) run to cut")
     machine = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -87,8 +87,40 @@ def _tweet_examples() -> tuple[tuple[str, ...], list[Example]]:
     return labels, examples
 
 
+def _stratified_take(examples: tuple[Example, ...], n: int, rng: random.Random) -> tuple[Example, ...]:
+    """Exactly `n` examples, drawn per label in proportion to the label's share (largest remainders), order kept."""
+    if n >= len(examples):
+        return examples
+    by_label: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_label.setdefault(e.label, []).append(i)
+    quota = {label: n * len(group) / len(examples) for label, group in by_label.items()}
+    counts = {label: int(q) for label, q in quota.items()}
+    for label in sorted(quota, key=lambda k: (counts[k] - quota[k], k))[: n - sum(counts.values())]:
+        counts[label] += 1
+    keep: list[int] = []
+    for label in sorted(by_label):
+        keep += rng.sample(by_label[label], counts[label])
+    return tuple(examples[i] for i in sorted(keep))
+
+
+def subsample(task: TaskData, *, train: int | None = None, validation: int | None = None, seed: int = 0) -> TaskData:
+    """The task with its train and validation splits cut to `train` / `validation` examples (stratified,
+    drawn with the split seed `seed`, so every training seed sees the same examples); the test split is whole."""
+    rng = random.Random(f"subsample-{seed}")
+    return TaskData(
+        task.name, task.labels,
+        task.train if train is None else _stratified_take(task.train, train, rng),
+        task.validation if validation is None else _stratified_take(task.validation, validation, rng),
+        task.test,
+    )  # fmt: skip
+
+
 def load_task(name: TaskName, *, seed: int = 0) -> TaskData:
     """A task's examples with a fixed stratified split (same seed -> same split).
+
+    `seed` is the split seed (`--split-seed`), separate from the training seed, so runs that differ only in
+    their training seed are evaluated on the same examples.
 
     Raises:
         ValueError: for an unknown task name.

@@ -19,7 +19,7 @@ from analysis.export import compress_adapter, save_adapter
 from analysis.para import RankAllocation, allocate_ranks, para_index
 from analysis.spectra import adapter_spectra
 from analysis.training.data import Example, TaskData, TaskName, load_task
-from analysis.training.lora import StepCallback, evaluate
+from analysis.training.lora import StepCallback, predict
 from analysis.training.model import load_minilm
 from analysis.training.records import ADAPTER_DIR
 from analysis.training.results import Evaluation
@@ -80,8 +80,9 @@ def evaluate_adapter(
     examples = split_examples(task, run_dir, split)
     model, tokenizer = load_minilm(len(task.labels))
     peft_model = PeftModel.from_pretrained(model, folder)
-    accuracy, loss = evaluate(peft_model, tokenizer, examples, on_step=on_step)
-    return Evaluation(accuracy, loss, len(examples), load_adapter(folder).n_params)
+    accuracy, loss, predictions = predict(peft_model, tokenizer, examples, on_step=on_step)
+    targets = tuple(e.label for e in examples)
+    return Evaluation(accuracy, loss, len(examples), load_adapter(folder).n_params, tuple(predictions), targets)
 
 
 def evaluate_cut(

@@ -39,12 +39,19 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     """Stop early after this many steps (tests)."""
+    warmup_fraction: float = 0.06
+    """Linear warm-up over this share of the steps, then linear decay to 0 (ALoRA's paper: 6 %); one schedule
+    per run, whatever a method does between steps."""
+    constant_lr: bool = False
+    """Keep the learning rate at `lr` throughout instead (no warm-up, no decay)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"r must be >= 1, got {self.r}")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass
@@ -76,6 +83,16 @@ def total_steps(n_train: int, config: TrainConfig) -> int:
     return min(total, config.max_steps) if config.max_steps is not None else total
 
 
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Multiplier of the learning rate before optimizer step `step` (0-based) of `total`: warm-up, linear decay."""
+    if config.constant_lr:
+        return 1.0
+    warmup = max(1, round(config.warmup_fraction * total)) if config.warmup_fraction > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def train_loop(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,8 +103,11 @@ def train_loop(
     extra_loss: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
     param_groups: list[dict] | None = None,
-) -> tuple[list[float], int]:
+    on_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+) -> list[float]:
     """AdamW over the trainable parameters with cross-entropy; returns the task loss of every step.
+
+    One optimizer and one learning-rate schedule (`lr_factor`) for the whole run.
 
     Args:
         model: the classifier with its LoRA layers.
@@ -100,11 +120,16 @@ def train_loop(
         after_step: `after_step(step)` runs after `optimizer.step()` and before `zero_grad()`, so the
             gradients are still there (AdaLoRA's update_and_allocate needs them).
         param_groups: AdamW parameter groups instead of all trainable parameters at `config.lr`.
+        on_optimizer: receives the (unwrapped) AdamW once it exists (ALoRA resets the state of re-added ranks).
     """
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups or params, lr=config.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    base_lrs = [group["lr"] for group in inner.param_groups]
+    if on_optimizer is not None:
+        on_optimizer(inner)
     n_epochs = math.ceil(config.epochs)
     total = total_steps(len(train), config)
     losses: list[float] = []
@@ -122,6 +147,8 @@ def train_loop(
             if extra_loss is not None:
                 loss = loss + extra_loss()
             accelerator.backward(loss)
+            for group, base in zip(inner.param_groups, base_lrs, strict=True):
+                group["lr"] = base * lr_factor(step, total, config)
             optimizer.step()
             step += 1
             if after_step is not None:
@@ -160,6 +187,32 @@ def train_lora(
 
 
 @torch.no_grad()
+def predict(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 64,
+    max_length: int = MAX_LENGTH,
+    on_step: StepCallback | None = None,
+) -> tuple[float, float, list[int]]:
+    """Accuracy, mean cross-entropy and the predicted label of every example, in order (eval mode, fixed order)."""
+    model.eval()
+    loss_sum, predictions = 0.0, []
+    chunks = batches(examples, batch_size, seed=None)
+    for i, batch in enumerate(chunks):
+        inputs = encode(tokenizer, [e.text for e in batch], max_length)
+        labels = torch.tensor([e.label for e in batch])
+        logits = model(inputs["input_ids"], inputs["attention_mask"])
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        predictions += logits.argmax(-1).tolist()
+        if on_step is not None:
+            on_step(i + 1, len(chunks), loss_sum / max(1, sum(len(b) for b in chunks[: i + 1])))
+    n = max(len(examples), 1)
+    correct = sum(p == e.label for p, e in zip(predictions, examples, strict=True))
+    return correct / n, loss_sum / n, predictions
+
+
 def evaluate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -170,16 +223,6 @@ def evaluate(
     on_step: StepCallback | None = None,
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of `model` on `examples` (deterministic: eval mode, fixed order)."""
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    chunks = batches(examples, batch_size, seed=None)
-    for i, batch in enumerate(chunks):
-        inputs = encode(tokenizer, [e.text for e in batch], max_length)
-        labels = torch.tensor([e.label for e in batch])
-        logits = model(inputs["input_ids"], inputs["attention_mask"])
-        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        if on_step is not None:
-            on_step(i + 1, len(chunks), loss_sum / max(1, sum(len(b) for b in chunks[: i + 1])))
-    n = max(len(examples), 1)
-    return correct / n, loss_sum / n
+    accuracy, loss, _ = predict(model, tokenizer, examples, batch_size=batch_size, max_length=max_length,
+                                on_step=on_step)  # fmt: skip
+    return accuracy, loss

@@ -99,12 +99,14 @@ def _adalora(model, tokenizer, task, config, budget, out, on_step) -> MethodResu
 
 
 def _alora(model, tokenizer, task, config, budget, out, on_step) -> MethodResult:
-    settings = AloraConfig(r_init=budget.rank, capacity=2 * budget.rank)
-    layers, losses, trajectory = train_alora(
-        model, tokenizer, task.train, task.validation, config, settings, budget.params, on_step=on_step
+    """ALoRA under the paper's rank budget (uniform rank x modules); the scoring batch is 32 validation
+    examples, or half the split when it is smaller (recorded)."""
+    settings = AloraConfig(r_init=budget.rank, val_batch=min(32, len(task.validation) // 2))
+    layers, losses, trajectory, details = train_alora(
+        model, tokenizer, task.train, task.validation, config, settings, on_step=on_step
     )
     ranks = save_gated(model, layers, out)
-    return MethodResult(losses, ranks, trajectory, {"modules": sorted(layers), **settings.__dict__})
+    return MethodResult(losses, ranks, trajectory, details)
 
 
 def _lr_lora(model, tokenizer, task, config, budget, out, on_step) -> MethodResult:

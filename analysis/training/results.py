@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+"""Version 1 (one seed, no predictions) still reads: its evaluations have no predictions."""
 REDUCTION_CLAIMS = {0.25: "−75%, PARA's lower claim", 0.10: "−90%, PARA's upper claim"}
 """Budget fractions at which the PARA paper claims accuracy is preserved (75% and 90% fewer parameters)."""
 
@@ -28,6 +30,14 @@ class Evaluation:
     loss: float
     n_examples: int
     n_lora_params: int
+    predictions: tuple[int, ...] = ()
+    """The predicted label of every example, in the split's order (empty in old reports)."""
+    targets: tuple[int, ...] = ()
+    """The true labels, in the same order."""
+
+    def correct(self) -> tuple[bool, ...]:
+        """Per-example correctness (empty when the predictions were not stored)."""
+        return tuple(p == t for p, t in zip(self.predictions, self.targets, strict=True))
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,13 @@ class RunResult:
     """The run's rank per module (allocation.json)."""
     para_ranks: Mapping[str, int]
     """PARA's rank per module at the matched budget."""
+    seed: int | None = None
+    """The run's training seed (metrics.json)."""
+    n_steps: int | None = None
+    wall_time_s: float | None = None
+    lr: float | None = None
+    self_cut: CutResult | None = None
+    """PARA applied to this run's own adapter (adaptive runs), at `SELF_CUT_FRACTION` of its parameters."""
 
     @property
     def params_gap(self) -> int:
@@ -101,6 +118,11 @@ class TaskComparison:
     source_evaluation: Evaluation | None
     curve: tuple[CutResult, ...]
     runs: tuple[RunResult, ...]
+    seed: int | None = None
+    """The training seed shared by the source and the runs (None: one seed, not recorded)."""
+    source_n_steps: int | None = None
+    source_wall_time_s: float | None = None
+    source_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,10 @@ class ComparisonReport:
                 found[key] = c.evaluation
             for r in t.runs:
                 found[EvalKey(r.fingerprint, t.task, t.split, r.split_digest)] = r.evaluation
+                if r.self_cut is not None:
+                    c = r.self_cut
+                    key = EvalKey(r.fingerprint, t.task, t.split, r.split_digest, c.position, c.min_rank)
+                    found[key] = c.evaluation
         return {k: v for k, v in found.items() if v is not None}
 
 
@@ -141,7 +167,9 @@ def report_to_json(report: ComparisonReport) -> dict[str, Any]:
 
 
 def _evaluation(d: Mapping[str, Any] | None) -> Evaluation | None:
-    return None if d is None else Evaluation(**d)
+    if d is None:
+        return None
+    return Evaluation(**{**d, "predictions": tuple(d.get("predictions", ())), "targets": tuple(d.get("targets", ()))})
 
 
 def _cut(d: Mapping[str, Any]) -> CutResult:
@@ -157,6 +185,7 @@ def _run(d: Mapping[str, Any]) -> RunResult:
             "spearman": float("nan") if d["spearman"] is None else float(d["spearman"]),
             "by_type": {k: (int(a), int(b)) for k, (a, b) in d["by_type"].items()},
             "by_layer": {k: (int(a), int(b)) for k, (a, b) in d["by_layer"].items()},
+            "self_cut": None if d.get("self_cut") is None else _cut(d["self_cut"]),
         }
     )
 
@@ -167,7 +196,7 @@ def report_from_json(data: Mapping[str, Any]) -> ComparisonReport:
     Raises:
         ValueError: for another schema version or a malformed file.
     """
-    if data.get("schema") != SCHEMA_VERSION:
+    if data.get("schema") not in READABLE_SCHEMAS:
         raise ValueError(
             f"comparison schema {data.get('schema')!r} is not {SCHEMA_VERSION}; rerun the compare command"
         )
@@ -190,12 +219,12 @@ def report_from_json(data: Mapping[str, Any]) -> ComparisonReport:
     return ComparisonReport(tasks, data.get("command", ""), data.get("machine", ""), data.get("seconds", 0.0))
 
 
-def write_report(report: ComparisonReport, path: str | Path) -> Path:
-    """Write the JSON atomically (temp file, then rename)."""
+def write_report(report: ComparisonReport, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the JSON atomically (temp file, then rename); `extra` keys (the seed summary) are added as they are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report_to_json(report), indent=1) + "\n")
+    tmp.write_text(json.dumps({**report_to_json(report), **(extra or {})}, indent=1) + "\n")
     tmp.replace(path)
     return path
 

@@ -69,12 +69,15 @@ METHOD_MEANINGS = (
 
 def runs_folder_ui() -> Path:
     """Where to look for run records: the bundled runs or the Train page's runs folder."""
-    folders = {"bundled": SAMPLES_DIR, "yours": runs_dir()}
-    titles = {"bundled": "Bundled runs", "yours": "Your runs"}
+    folders = {"bundled": SAMPLES_DIR, "grid": SAMPLES_DIR / "grid", "yours": runs_dir()}
+    titles = {"bundled": "Bundled runs (sample_adapters/)", "grid": "Grid, 3 seeds (sample_adapters/grid/)",
+              "yours": f"Your runs ({folders['yours'].name}/)"}  # fmt: skip
     choice = st.radio(
         "Runs",
         list(folders),
-        format_func=lambda key: f"{titles[key]} ({folders[key].name}/)",
+        format_func=lambda key: (
+            f"{titles[key]} ({folders[key].relative_to(SAMPLES_DIR.parent) if key != 'yours' else folders[key].name}/)"
+        ),
         horizontal=True,
         key=KEY_COMPARE_FOLDER,
     )
