@@ -116,6 +116,7 @@ def run_grid(
     lr_grid: Sequence[float] = LR_GRID,
     on_run: Callable[[str], StepCallback | None] | None = None,
     on_done: Callable[[str, float], None] | None = None,
+    on_fail: Callable[[str, Exception], None] | None = None,
     train: Callable[..., dict] = train_run,
 ) -> list[str]:
     """Train every grid run that `out` does not hold yet; returns the names trained by this call.
@@ -126,6 +127,8 @@ def run_grid(
         lr_grid: learning rates to try.
         on_run: `on_run(name)` gives the progress callback of that run.
         on_done: `on_done(name, seconds)` after each run.
+        on_fail: `on_fail(name, error)` when a run fails (its `.failed` record stays until the next call); the
+            grid goes on without it. Without a callback the error is raised.
         train: trains one run (`train_run`; tests pass one with a tiny model).
     """
     out = Path(out)
@@ -135,16 +138,24 @@ def run_grid(
     _clean_partials(search)
     trained: list[str] = []
 
-    def do(run: GridRun, folder: Path, lr: float) -> None:
+    def do(run: GridRun, folder: Path, lr: float) -> bool:
+        """Train the run unless it is there; False when it failed."""
         if _finished(folder):
-            return
+            return True
         start = time.perf_counter()
-        train(spec_of(run, lr), folder, on_step=on_run(run.name) if on_run else None)
+        try:
+            train(spec_of(run, lr), folder, on_step=on_run(run.name) if on_run else None)
+        except Exception as err:
+            if on_fail is None:
+                raise
+            on_fail(run.name, err)
+            return False
         trained.append(run.name)
         if on_done is not None:
             on_done(run.name, time.perf_counter() - start)
+        return True
 
-    def chosen_lr(method: str, rank: int) -> float:
+    def chosen_lr(method: str, rank: int) -> float | None:
         """Search on LR_TASK with seed 0 (once; recorded in selection.json) and promote the winner."""
         key = f"{method}-r{rank}"
         selection = read_selection(out)
@@ -157,9 +168,11 @@ def run_grid(
             folder = search / run.name
             if not folder.exists() and _finished(final) and read_run(final).metrics["config"]["lr"] == lr:
                 folder = final  # promoted earlier, selection file lost
-            do(run, folder, lr)
-            metrics = read_run(folder).metrics
-            results[lr] = {"accuracy": metrics["validation"]["accuracy"], "loss": metrics["validation"]["loss"]}
+            if do(run, folder, lr):
+                metrics = read_run(folder).metrics
+                results[lr] = {"accuracy": metrics["validation"]["accuracy"], "loss": metrics["validation"]["loss"]}
+        if len(results) < len(lr_grid):
+            return None  # a search run failed: this method waits for the next call
         best = pick_lr(results)
         best_folder = search / GridRun(LR_TASK, method, rank, 0, best).name
         final = out / GridRun(LR_TASK, method, rank, 0).name
@@ -184,6 +197,8 @@ def run_grid(
         for task in sorted(tasks, key=lambda t: t != LR_TASK):  # the search task first
             for method, rank in group:
                 lr = chosen_lr(method, rank)
+                if lr is None:
+                    continue
                 for seed in seeds:
                     run = GridRun(task, method, rank, seed)
                     do(run, out / run.name, lr)
