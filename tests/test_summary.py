@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from analysis.training.results import (
@@ -73,3 +75,22 @@ def test_no_gap_shown_without_predictions_or_for_equal_runs(tmp_path):
     assert (
         summarize(ComparisonReport((TaskComparison("t", "test", "s", "f", 1, "d", None, (), (bare,)),)))[0].gap is None
     )
+
+
+def test_compare_page_seed_summary_shows_error_bars_and_which_gaps_are_shown():
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from pages.shared.seed_widgets import show_seed_summary
+        from tests.test_summary import report
+
+        show_seed_summary(report([(150, 170, 140), (160, 170, 160), (170, 170, 150)]), "bbc-topic", "test")
+
+    at = AppTest.from_function(page, default_timeout=60).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["gap"]) == ["shown", "shown"] and list(table["accuracy"]) == ["80.00 ± 5.00"] * 2
+    assert table["95% interval"][0].startswith("[+")
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert all(trace["error_x"]["visible"] for trace in figure["data"])  # the error bars
+    assert figure["data"][0]["error_x"]["array"] == pytest.approx([5.0, 5.0])

@@ -133,6 +133,11 @@ def test_adaptive_methods_end_non_uniform_within_budget(tmp_path, method):
         assert metrics["method_details"]["rounds_done"] == 4
     else:
         assert metrics["n_lora_params"] <= metrics["budget"]["params"]
+    if method == "adalora":  # the budget trim happens where the final ranks are fixed, before tfinal recovery steps
+        details = metrics["method_details"]
+        assert details["trim_step"] == details["total_step"] - details["tfinal"] and details["tfinal"] > 0
+        assert details["recovery_steps"] == details["tfinal"] and details["budget_trimmed_after_training"] == 0
+        assert details["beta1"] == details["beta2"] == 0.85 and details["budget_trimmed_components"] >= 0
     assert len(set(ranks)) > 1, ranks
 
 

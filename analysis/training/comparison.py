@@ -174,17 +174,20 @@ def compare_task(
             run_index = index_of(run_adapter)
             position = cut_position(run_index, SELF_CUT_FRACTION, "params_fraction")
             allocation = allocate_at(run_index, position, min_rank=min_rank)
-            self_eval = evaluations.get(
-                EvalKey(run_adapter.fingerprint, task, split, run_digest, position, min_rank),
-                f"PARA {SELF_CUT_FRACTION:.0%} of {run.name}",
-                lambda on_step, a=run_adapter, c=allocation, run=run: evaluate_cut(
-                    a, c, task, run=run.path, split=split, on_step=on_step
-                ),
-            )
-            self_cut = CutResult(
-                position, min_rank, allocation.n_params_after, allocation.params_fraction, allocation.energy_kept,
-                self_eval, SELF_CUT_FRACTION,
-            )  # fmt: skip
+            self_key = EvalKey(run_adapter.fingerprint, task, split, run_digest, position, min_rank)
+            # the command measures it; the page shows it only when comparison.json has it (never pending)
+            if evaluations.is_computing or self_key in evaluations.results:
+                self_eval = evaluations.get(
+                    self_key,
+                    f"PARA {SELF_CUT_FRACTION:.0%} of {run.name}",
+                    lambda on_step, a=run_adapter, c=allocation, run=run: evaluate_cut(
+                        a, c, task, run=run.path, split=split, on_step=on_step
+                    ),
+                )
+                self_cut = CutResult(
+                    position, min_rank, allocation.n_params_after, allocation.params_fraction,
+                    allocation.energy_kept, self_eval, SELF_CUT_FRACTION,
+                )  # fmt: skip
         c = matched.comparison
         results.append(
             RunResult(

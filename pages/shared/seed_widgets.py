@@ -12,11 +12,12 @@ from analysis.training.summary import source_line, summarize
 
 def show_seed_summary(report: ComparisonReport, task: str, split: str) -> None:
     """Per method over its seeds: accuracy with error bars, PARA − method with its 95% interval, and whether
-    the gap is shown (the interval excludes 0). Nothing when the report holds no run of the task."""
+    the gap is shown (the interval excludes 0). Nothing when the report holds no run of the task with two or
+    more seeds (a one-seed report has no spread to show)."""
     if split != "test":
         return
     rows = [r for r in summarize(report) if r.task == task]
-    if not rows:
+    if not any(len(r.seeds) > 1 for r in rows):
         return
     st.subheader("Over seeds: which gaps are real")
     st.caption(source_line(report, task))
