@@ -70,7 +70,7 @@ with angles:
     show_similarity(similarity, k)
 with spectra_tab:
     values = [s.sigma[s.sigma > 0] for sp in (spectra_a, spectra_b) for s in sp.spectra if (s.sigma > 0).any()]
-    y_range = (min(float(v.min()) for v in values), max(float(v.max()) for v in values))
+    y_range = (min(float(v.min()) for v in values), max(float(v.max()) for v in values)) if values else None
     for column, spectra, label in zip(st.columns(2), (spectra_a, spectra_b), (label_a, label_b), strict=True):
         fig = spectra_figure(spectra, y_range=y_range, title=label, legend_on_top=True)
         column.plotly_chart(fig, width="stretch", key=f"spectra-{label[0]}")

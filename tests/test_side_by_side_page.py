@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.builders import make_peft_dir
 
 
 def metric(at, label: str) -> str:
@@ -58,3 +63,26 @@ def test_a_bad_folder_is_one_line_and_no_traceback(side, tmp_path):
     assert side.error[0].value.startswith(f"{tmp_path / 'missing'}: no such file or folder")
     side.selectbox(key="side_kind-A").set_value("run").run()
     assert not side.exception
+
+
+def test_an_untrained_adapter_with_zero_updates_draws_without_a_traceback(home, tmp_path):
+    """peft's default init leaves B = 0: every update is zero, nothing to compare, no error."""
+    source = make_peft_dir(tmp_path / "trained")
+    tensors = load_file(source / "adapter_model.safetensors")
+    zero = tmp_path / "untrained"
+    shutil.copytree(source, zero)
+    save_file(
+        {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in tensors.items()},
+        zero / "adapter_model.safetensors",
+    )
+    for page in ("pages/1_Spectra.py", "pages/5_Side_by_side.py"):
+        home.radio(key="adapter_source").set_value("Folder on the server").run()
+        home.text_input(key="folder_path").input(str(zero))
+        next(b for b in home.button if b.label == "Load").click().run()
+        home.switch_page(page).run()
+        assert not home.exception, page
+        home.switch_page("pages/0_Home.py").run()
+    home.switch_page("pages/5_Side_by_side.py").run()
+    home.selectbox(key="side_kind-B").set_value("folder").run()
+    home.text_input(key="side_folder-B").input(str(source)).run()
+    assert not home.exception and "nothing to compare" in home.info[0].value
