@@ -12,12 +12,12 @@ from __future__ import annotations
 import streamlit as st
 
 PAGES = [
-    st.Page("pages/0_Home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/1_Spectra.py", title="Spectra", icon="📊"),
+    st.Page("pages/0_Home.py", title="Home", icon="⚓", default=True),
+    st.Page("pages/1_Spectra.py", title="Spectra", icon="♒"),
     st.Page("pages/2_PARA.py", title="PARA", icon="✂️"),
     st.Page("pages/3_Compare.py", title="Compare", icon="⚖️"),
     st.Page("pages/5_Side_by_side.py", title="Side by side", icon="🔀"),
-    st.Page("pages/4_Train.py", title="Train", icon="🏋️"),
+    st.Page("pages/4_Train.py", title="Train", icon="⚙️"),
 ]
 
 st.set_page_config(page_title="LoRA Rank Lab", layout="wide")

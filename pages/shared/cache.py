@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.adapters import AdapterError, LoraAdapter, load_adapter
@@ -25,7 +24,7 @@ from analysis.evaluation import BaseModel, EvalData, EvalSettings, prepare_data
 from analysis.evaluation.base_model import inspect_base_model, load_base_model
 from analysis.evaluation.evaluator import own_data_evaluator
 from analysis.para import ParaIndex, ParaSweep, RankAllocation, para_index, para_sweep
-from analysis.para_figures import RankGrid, rank_grid, rank_map_base, rank_map_figure, sweep_base
+from analysis.para_svg import RankGrid, rank_grid, rank_map_svg
 from analysis.recommend import CutEvaluator, knee_position
 from analysis.safe_zip import private_temp_dir
 from analysis.side_by_side import cut_adapter
@@ -120,29 +119,27 @@ def cached_sweep(fingerprint: str, _index: ParaIndex) -> ParaSweep:
 
 @dataclass(frozen=True)
 class ParaPageBase:
-    """What the PARA page draws every cut from, made once per adapter: the validated base figures, the
-    module grid and the knee (data-free recommended cut)."""
+    """What the PARA page draws every cut from, made once per adapter: the module grid, the sweep and the knee
+    (the data-free recommended cut)."""
 
     grid: RankGrid
-    rank_map: go.Figure
-    sweep: go.Figure
+    max_rank: int
+    sweep: ParaSweep
     knee: int
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def cached_para_base(fingerprint: str, _index: ParaIndex) -> ParaPageBase:
-    grid = rank_grid(_index.spectra.names)
     max_rank = int(_index.original_ranks.max()) if _index.n_modules else 1
-    sweep = cached_sweep(fingerprint, _index)
-    return ParaPageBase(grid, rank_map_base(grid, max_rank), sweep_base(sweep), knee_position(_index))
+    return ParaPageBase(
+        rank_grid(_index.spectra.names), max_rank, cached_sweep(fingerprint, _index), knee_position(_index)
+    )
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
-def cached_rank_map(
-    fingerprint: str, position: int, min_rank: int, _base: ParaPageBase, _cut: RankAllocation
-) -> go.Figure:
-    """The rank heat map of one cut (by position and min rank), shared read-only: a revisited cut costs nothing."""
-    return rank_map_figure(_base.rank_map, _base.grid, _cut)
+def cached_rank_map(fingerprint: str, position: int, min_rank: int, _base: ParaPageBase, _cut: RankAllocation) -> str:
+    """The rank heat map (SVG) of one cut, by position and min rank: a revisited cut costs nothing."""
+    return rank_map_svg(_base.grid, _cut.ranks, _cut.original_ranks, _base.max_rank)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -1,10 +1,11 @@
 """The PARA page's live part: one `st.fragment` that a slider move reruns alone.
 
-A move reruns only `live_cut`: the cut (a binary search), its metrics, the rank heat map (cached per cut
-position) and the sweep (a cached base figure plus markers); the page above it and the adapter's spectra are
-not touched. Everything per module (the table of changed ranks, the export's rank_pattern) is drawn on request
-only, so a move does not send it again. Evaluations (accuracy of the bundled runs, perplexity of the SmolLM2
-sample) run only when asked, with a progress bar, through `cache.cut_metric`.
+A move reruns only `live_cut`: the cut (a binary search), its metrics, the rank heat map (SVG, cached per cut
+position) and the sweep (SVG: a plotly chart costs the browser 0.5 s or more per move on this machine); the
+page above it and the adapter's spectra are not touched. Everything per module (the table of changed ranks,
+the export's rank_pattern) is drawn on request only, so a move does not send it again. Evaluations (accuracy
+of the bundled runs, perplexity of the SmolLM2 sample) run only when asked, with a progress bar, through
+`cache.cut_metric`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import streamlit as st
 
 from analysis.adapters import LoraAdapter
 from analysis.para import ParaIndex, RankAllocation, allocate_at, cut_position
-from analysis.para_figures import evaluated_cuts, metric_axis_range, sweep_figure
+from analysis.para_svg import evaluated_cuts, metric_axis_range, sweep_svg
 from analysis.recommend import CutEvaluator, CutSearch, bisection_steps, smallest_cut_within
 from pages.shared import cache
 from pages.shared.export_widgets import export_ui
@@ -44,12 +45,10 @@ def live_cut(adapter: LoraAdapter, index: ParaIndex) -> None:
     evaluator = _evaluator(adapter, index)
     knee = allocate_at(index, base.knee, min_rank=min_rank)
     left, right = st.columns([1, 1])
-    left.plotly_chart(
-        cache.cached_rank_map(adapter.fingerprint, position, min_rank, base, allocation),
-        width="stretch",
-        key="para-rank-map",
+    left.markdown(
+        cache.cached_rank_map(adapter.fingerprint, position, min_rank, base, allocation), unsafe_allow_html=True
     )
-    right.plotly_chart(_sweep(base, index, allocation, knee, evaluator), width="stretch", key="para-sweep")
+    right.markdown(_sweep(base, index, allocation, knee, evaluator), unsafe_allow_html=True)
     recommended_cut_ui(index, base.knee, knee, evaluator)
     if evaluator is not None:
         evaluation_ui(evaluator, allocation, position)
@@ -71,14 +70,14 @@ def _evaluator(adapter: LoraAdapter, index: ParaIndex) -> CutEvaluator | None:
 
 def _sweep(base, index: ParaIndex, allocation: RankAllocation, knee: RankAllocation, evaluator: CutEvaluator | None):
     if evaluator is None:
-        return sweep_figure(base.sweep, allocation, knee=knee)
+        return sweep_svg(base.sweep, allocation, knee=knee)
     known = cache.known_metrics(evaluator, allocation.min_rank)
     fractions = {allocate_at(index, p, min_rank=allocation.min_rank).params_fraction: v for p, v in known.items()}
     scale = 100 if evaluator.percent else 1
     shown = {f: scale * v for f, v in fractions.items()}
     unit = " (%)" if evaluator.percent else ""
     reference = None if evaluator.reference is None else scale * evaluator.reference
-    return sweep_figure(
+    return sweep_svg(
         base.sweep,
         allocation,
         knee=knee,
