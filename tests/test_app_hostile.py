@@ -91,3 +91,22 @@ def test_markdown_in_the_base_model_is_shown_as_text(home, tmp_path):
     html = MarkdownIt().render(shown)
     assert "<img" not in html and "<strong>bold" not in html and "<a " not in html
     assert "![x](http://127.0.0.1:9/x.png) **bold**" in html  # the name, as written
+
+
+def test_heavy_work_runs_for_one_session_at_a_time_and_cached_results_never_wait(tiny_peft_dir):
+    """Item 8: a load waits while another session's load or spectra run; a cached adapter is served at once."""
+    import threading
+    import time
+
+    from pages.shared import cache
+
+    adapter = cache.cached_adapter(str(tiny_peft_dir), 0)
+    done = threading.Event()
+    with cache.heavy_work():  # another session's heavy work in progress
+        start = time.perf_counter()
+        assert cache.cached_adapter(str(tiny_peft_dir), 0) is adapter and time.perf_counter() - start < 1.0
+        waiting = threading.Thread(target=lambda: (cache.cached_adapter(str(tiny_peft_dir), 1), done.set()))
+        waiting.start()
+        assert not done.wait(1.0)  # a new load (another key) waits for its turn
+    assert done.wait(120)
+    waiting.join()
