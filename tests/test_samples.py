@@ -85,5 +85,10 @@ def test_app_shows_the_smollm_sample_as_layer_by_type():
     for page in ("pages/2_PARA.py", "pages/3_Compare.py", "pages/4_Train.py"):
         at.switch_page(page).run()
         assert not at.exception, page
+    from pages.shared.train_widgets import KEY_RUN_OPEN
+    from pages.shared.widgets import SAMPLES_DIR
+
+    at.session_state[f"{KEY_RUN_OPEN}-{SAMPLES_DIR / 'smollm2-135m-bbc-lora-r16'}"] = True  # its summary opened
+    at.run()
     labels = [m.label for m in at.metric]
     assert "Held-out perplexity" in labels  # the Train page's summary of the causal-LM run

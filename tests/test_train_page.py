@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from analysis.training import jobs
+from pages.shared import train_widgets as tw
 
 TIMEOUT = 60
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_adapters"
@@ -93,7 +94,16 @@ def test_train_page_shows_a_failed_run_as_failed(runs_dir, launched):
     (failed / "log.txt").write_text("failed: RuntimeError: out of memory\n")
     at = page()
     assert any("crashed.failed · failed" in e.label for e in at.expander)
+    assert not at.error  # a closed run's summary is drawn when it is opened
+    open_run(at, failed)
     assert any("failed" in e.value for e in at.error)
+
+
+def open_run(at: AppTest, folder: Path) -> None:
+    """Open a run's expander, as a click on it does (its state key; the page reruns on a toggle)."""
+    at.session_state[f"{tw.KEY_RUN_OPEN}-{folder}"] = True
+    at.run()
+    assert not at.exception
 
 
 def test_jobs_progress_parses_steps_and_rejects_bad_names(tmp_path):
@@ -132,6 +142,8 @@ def test_a_run_started_from_the_app_is_listed_once(runs_dir, launched):
     assert labels.count("done · finished") == 1 and not any("crashed" in label for label in labels)
     assert sum("crashed failed" in e.value for e in at.error) == 1  # its live panel, not a second listing
     assert any("No other run records in lab-runs/" in i.value for i in at.info)
+    assert not [c for c in at.get("plotly_chart") if '"y":[1.0]' in c.proto.spec.replace(" ", "")]  # closed
+    open_run(at, runs_dir / "done")
     (chart,) = [c for c in at.get("plotly_chart") if '"y":[1.0]' in c.proto.spec.replace(" ", "")]
     assert '"mode":"lines+markers"' in chart.proto.spec.replace(" ", "")  # one point draws no line
 
@@ -190,6 +202,7 @@ def test_cancelled_and_failed_runs_are_deleted_after_confirmation_and_nothing_el
         assert not at.exception and f"Deleted {name}." in at.success[0].value
     assert not (runs_dir / "crashed.failed").exists() and not (runs_dir / ".crashed.job").exists()
     assert not (runs_dir / ".lora-bbc-topic-r8.job").exists() and jobs.jobs(runs_dir) == []
+    open_run(at, runs_dir / "linked.failed")
     next(b for b in at.button if b.key == "delete-linked").click().run()
     next(b for b in at.button if b.key == "delete-yes-linked").click().run()
     assert not (runs_dir / "linked.failed").is_symlink() and (outside / "keep.txt").read_text() == "mine"
@@ -215,6 +228,7 @@ def test_open_in_para_loads_a_finished_run_and_switches_page(runs_dir, launched)
     shutil.copytree(SAMPLES / "minilm-bbc-topic-lora-r8", run)
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT).run()
     at.switch_page("pages/4_Train.py").run()
+    open_run(at, run)
     open_button = next(b for b in at.button if b.key == f"open-{run}")
     open_button.click().run()
     assert not at.exception

@@ -29,6 +29,7 @@ KEY_FLASH = "train_flash"
 KEY_NAME_FIELD = "train_name_field"  # how many runs this session started: the name field's key ends with it
 KEY_DELETE = "train_delete"  # the run whose delete waits for confirmation
 KEY_OPEN_ERROR = "train_open_error"
+KEY_RUN_OPEN = "train_run_open"  # prefix; a run's folder is appended: its summary is open
 PARA_PAGE = "pages/2_PARA.py"
 FEW_POINTS = 30
 
@@ -161,7 +162,10 @@ def open_in_para(run: RunRecord) -> None:
 
 def run_summary(run: RunRecord, runs_dir: Path | None = None) -> None:
     """One finished or failed run record: metrics, loss curve, "Open in PARA"; a failed one in `runs_dir`: delete."""
-    with st.expander(f"{run.name} · {run.status}", expanded=False):
+    box = st.expander(f"{run.name} · {run.status}", key=f"{KEY_RUN_OPEN}-{run.path}", on_change="rerun")
+    with box:
+        if not box.open:  # drawn when opened: a closed run costs the browser no chart (a dozen slowed every rerun)
+            return
         if run.status != "finished" or not run.metrics:
             st.error(f"Status: {run.status}; see {run.path}/log.txt") if run.status == "failed" else st.write(
                 f"Status: {run.status}"
