@@ -81,7 +81,10 @@ def test_app_shows_the_smollm_sample_as_layer_by_type():
         for trace in json.loads(chart.proto.spec)["data"]
         if trace["type"] == "heatmap"
     )
-    assert len(heatmap["y"]) == 30 and set(heatmap["x"]) == set(SMOLLM_SHAPES)
+    # Types are rows and layers columns (one height from 6 to 80 layers); the cells carry the module names.
+    assert heatmap["x"] == [str(layer) for layer in range(30)] and len(heatmap["y"]) == len(SMOLLM_SHAPES)
+    names = {name for row in heatmap["customdata"] for name in row if name}
+    assert len(names) == 210 and {".".join(name.split(".")[-2:]) for name in names} == set(SMOLLM_SHAPES)
     for page in ("pages/2_PARA.py", "pages/3_Compare.py", "pages/4_Train.py"):
         at.switch_page(page).run()
         assert not at.exception, page
