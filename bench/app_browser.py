@@ -7,7 +7,8 @@ slider (energy kept, -0.1 point each): from the key's keydown event to the last 
 MutationObserver over the whole document), once the app's script is idle, "LoRA params" shows another value
 and nothing has changed for `--quiet-ms`. Then one continuous drag of the thumb (`--drag-steps` mouse moves,
 one per animation frame or so): how many reruns ran while it moved and how long after the release the page
-settled, and whether it settled on the cut the thumb shows. The same run's AppTest figure (bench/app_slider.py:
+settled, and whether it settled on the cut the thumb shows. The floor: the same presses on bench/floor_app.py
+(a slider and one metric), in the same run. The same run's AppTest figure (bench/app_slider.py:
 the page's script alone, no browser) is printed beside it. Markdown to stdout, JSON to bench/results/.
 """
 
@@ -74,11 +75,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(log: Path):
-    """`streamlit run app.py` on a free loopback port; yields its URL once healthy."""
+def streamlit_server(log: Path, script: str = "app.py"):
+    """`streamlit run <script>` on a free loopback port; yields its URL once healthy."""
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", "--server.port", str(port),
            "--server.address", "127.0.0.1"]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -190,6 +191,22 @@ def browser_rows(url: str, adapters: dict[str, Path | None], presses: int, drag_
     return rows
 
 
+def floor_ms(url: str, presses: int, quiet_ms: int) -> list[float]:
+    """The same key presses on bench/floor_app.py (a slider and one metric in a fragment): Streamlit's floor now."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.goto(url)
+        page.wait_for_selector(SLIDER, state="attached", timeout=180_000)
+        wait_quiet(page, quiet_ms)
+        time_presses(page, 2, quiet_ms)
+        times = time_presses(page, presses, quiet_ms)
+        browser.close()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"))
@@ -213,19 +230,23 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with streamlit_server(Path(args.work) / "app_browser-server.log") as url:  # bench/out: not committed
         rows = browser_rows(url, {SAMPLE: None, "llama2-7b-r64": llama}, args.presses, args.drag_steps, args.quiet_ms)
+    with streamlit_server(Path(args.work) / "app_browser-floor.log", "bench/floor_app.py") as url:
+        floor = floor_ms(url, args.presses, args.quiet_ms)
     for row, folder in zip(rows, (sample, llama), strict=True):
         row["apptest"] = time_slider(folder, args.apptest_moves)
+        row["floor_median_ms"] = statistics.median(floor)
     machine = machine_info(torch.device("cpu"))
     lines = [
-        "| adapter | key press to settled page, median ms | p90 ms | max ms | AppTest rerun, median ms "
-        "| drag: reruns while moving, settled after release ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| adapter | key press to settled page, median ms | p90 ms | max ms | floor (slider + metric), median ms "
+        "| AppTest rerun, median ms | drag: reruns while moving, settled after release ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         d = r["drag"]
         drag = f"{d['reruns_while_dragging']}, {d['settle_after_release_ms']:.0f}"
+        floor = f"{r['floor_median_ms']:.0f} ({r['median_ms'] / r['floor_median_ms']:.1f}x)"
         lines.append(f"| `{r['adapter']}` | {r['median_ms']:.0f} | {r['p90_ms']:.0f} | {r['max_ms']:.0f} "
-                     f"| {r['apptest']['rerun_ms']:.0f} | {drag} |")  # fmt: skip
+                     f"| {floor} | {r['apptest']['rerun_ms']:.0f} | {drag} |")  # fmt: skip
     load_end = os.getloadavg()
     load = f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
     lines.append(f"\nMachine: {machine.line()}; {load}; {args.presses} presses per adapter; settled: idle and "
