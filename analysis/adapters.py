@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from analysis.formats import lr_lora
 from analysis.formats.base import (
     KOHYA_BASE_MODEL_KEYS,
     PEFT_PREFIX,
@@ -85,9 +86,9 @@ def _find_adapter(path: Path, shown: str) -> Path:
     """The adapter folder or single file inside `path` (itself, or the one folder/file below it)."""
     if path.is_file():
         return path
-    if (path / CONFIG_NAME).is_file():
+    if (path / CONFIG_NAME).is_file() or lr_lora.can_read(path):
         return path
-    configs = sorted(p.parent for p in _below(path, CONFIG_NAME))
+    configs = sorted({p.parent for name in (CONFIG_NAME, lr_lora.CONFIG_FILE) for p in _below(path, name)})
     if len(configs) == 1:
         return configs[0]
     if len(configs) > 1:
@@ -115,6 +116,8 @@ def _below(path: Path, pattern: str) -> list[Path]:
 
 
 def _load_path(path: Path, *, in_memory: bool) -> LoraAdapter:
+    if lr_lora.can_read(path):
+        return lr_lora.read(path, in_memory=in_memory)
     if path.is_dir():
         return load_peft_folder(path, in_memory=in_memory)
     if path.suffix.lower() == ".safetensors":

@@ -7,7 +7,8 @@ where not (analysis/grams.py). Where B's Gram is float64 (trained adapters: B is
 the CPU takes the squared values as eigenvalues of L_A^T (B^T B) L_A instead, with no factor of B's Gram,
 while its error estimate allows. Modules still too ill-conditioned fall back to QR (R only) in float64.
 Batched over modules of equal shape, on cuda / mps / cpu; on the CPU on worker threads, each taking the
-next part of a group when it is free and carrying it from Grams to singular values. No streamlit here.
+next part of a group when it is free and carrying it from Grams to singular values. Dense-update modules
+(LR-LoRA's phi(B @ A), which no factor route covers) take one batched float64 SVD per shape. No streamlit here.
 """
 
 from __future__ import annotations
@@ -135,6 +136,13 @@ def _qr_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor
     return torch.stack(out)
 
 
+def _dense_svdvals(modules: list[LoraModule], device: torch.device) -> torch.Tensor:
+    """Singular values of equal-shape dense updates by one batched float64 SVD (mps has no float64: cpu)."""
+    device = torch.device("cpu") if device.type == "mps" else device
+    deltas = torch.stack([m.delta for m in modules]).to(device, torch.float64)  # (n, out, in)
+    return torch.linalg.svdvals(deltas).cpu()  # (n, min(out, in)), descending, scale included
+
+
 def _gram_route(groups: list[list[LoraModule]], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """Singular values of groups of equal-shape modules from Cholesky factors of their Grams.
 
@@ -218,10 +226,17 @@ def adapter_spectra(
     dev = pick_device(device)
     start = time.perf_counter()
     groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    dense: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, m in enumerate(adapter.modules):
-        groups[(m.out_features, m.in_features, m.r)].append(i)
+        if m.is_dense:
+            dense[(m.out_features, m.in_features)].append(i)
+        else:
+            groups[(m.out_features, m.in_features, m.r)].append(i)
 
     sigmas: list[np.ndarray | None] = [None] * len(adapter.modules)
+    for idx in dense.values():  # dense updates (LR-LoRA): no factor route, a batched SVD per shape
+        for row, values in zip(idx, _dense_svdvals([adapter.modules[i] for i in idx], dev).numpy(), strict=True):
+            sigmas[row] = values
     n_fallback = n_float64_gram = 0
     by_gram = [key for key in groups if dtype == torch.float32 and 0 < key[2] <= min(key[:2])]
     gram_values = dict(zip(by_gram, _gram_route([[adapter.modules[i] for i in groups[k]] for k in by_gram], dev)))
@@ -282,6 +297,10 @@ def truncated_factors(
     """
     if not 0 <= k <= module.r:
         raise ValueError(f"k must be in [0, {module.r}] for module {module.name}, got {k}")
+    if module.delta is not None:  # a dense update: its own SVD, B_k = U_k sqrt(S_k), A_k = sqrt(S_k) V_k^T
+        U, S, Vh = torch.linalg.svd(module.delta.double(), full_matrices=False)  # (out, p), (p,), (p, in)
+        root = S[:k].sqrt()
+        return (U[:, :k] * root).to(dtype), (root[:, None] * Vh[:k]).to(dtype)  # (out, k), (k, in)
     if 0 < module.r <= min(module.out_features, module.in_features):
         with threads.engine_threads():
             factors = _cholesky_truncation(module, k, dtype)

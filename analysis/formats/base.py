@@ -19,7 +19,7 @@ import torch
 from analysis.safe_io import AdapterError, content_digest
 
 ModuleKind = Literal["linear", "embedding", "conv"]
-AdapterFormat = Literal["peft", "adalora", "kohya", "diffusers"]
+AdapterFormat = Literal["peft", "adalora", "kohya", "diffusers", "lr_lora"]
 SINGLE_FILE_FORMATS = ("kohya", "diffusers")  # one .safetensors, written back in its own layout
 
 PEFT_PREFIX = "base_model.model."
@@ -32,10 +32,11 @@ BASE_ALTERING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 @dataclass(frozen=True, eq=False)
 class LoraModule:
-    """One adapted module: its update is `delta_w = scaling * B @ A`.
+    """One adapted module: its update is `delta_w = scaling * B @ A`, or the dense `delta` when it has one.
 
     Conv and embedding updates are flattened to the same (out, r) @ (r, in) form; `weight_shape` keeps
-    the base weight's real shape for export.
+    the base weight's real shape for export. A dense-update module (LR-LoRA's `(alpha/r) phi(B @ A)`) carries
+    its update in `delta`; its spectrum comes from a dense SVD and its rank `r` is min(out, in).
     """
 
     name: str
@@ -57,22 +58,41 @@ class LoraModule:
     expert: tuple[str, int, int] | None = None
     """One expert of a peft `target_parameters` wrapper: (wrapper module, expert index, number of experts)."""
 
+    delta: torch.Tensor | None = None
+    """Dense-update modules only: the update itself, (out_features, in_features) float32 with every scale
+    applied (LR-LoRA: (alpha / r) * phi(B @ A)). A and B are then the trained factors it was built from, not a
+    factorisation of it, and `scaling` is the alpha / r in front of phi."""
+    n_other_params: int = 0
+    """Trained parameters besides A and B (LR-LoRA: its 2K sinc parameters)."""
+
+    @property
+    def is_dense(self) -> bool:
+        """The update is the dense `delta`, not `scaling * B @ A`."""
+        return self.delta is not None
+
     @property
     def r(self) -> int:
+        """Rank bound of the update (the length of its spectrum): A's rows, min(out, in) for a dense update."""
+        return min(self.out_features, self.in_features) if self.delta is not None else int(self.A.shape[0])
+
+    @property
+    def factor_rank(self) -> int:
+        """Rows of A: the trained factors' rank (equal to `r` except for dense updates)."""
         return int(self.A.shape[0])
 
     @property
     def in_features(self) -> int:
-        return int(self.A.shape[1])
+        return int(self.delta.shape[1] if self.delta is not None else self.A.shape[1])
 
     @property
     def out_features(self) -> int:
-        return int(self.B.shape[0])
+        return int(self.delta.shape[0] if self.delta is not None else self.B.shape[0])
 
     @property
     def n_params(self) -> int:
-        """LoRA parameters of this module: r * (in + out)."""
-        return self.r * (self.in_features + self.out_features)
+        """Trained parameters of this module: r * (in + out) for LoRA; a dense update's factor rank * (in + out)
+        plus its other parameters (LR-LoRA: + 2K)."""
+        return self.factor_rank * (self.in_features + self.out_features) + self.n_other_params
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,13 +12,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from peft import PeftModel
-
 from analysis.adapters import LoraAdapter, load_adapter
 from analysis.export import compress_adapter, save_adapter
 from analysis.para import RankAllocation, allocate_ranks, para_index
 from analysis.spectra import adapter_spectra
 from analysis.training.data import Example, TaskData, TaskName, load_task
+from analysis.training.deploy import adapted_model, is_adapter_folder
 from analysis.training.lora import StepCallback, predict
 from analysis.training.model import load_minilm
 from analysis.training.records import ADAPTER_DIR
@@ -28,7 +27,7 @@ __all__ = ["Evaluation", "evaluate_adapter", "evaluate_cut", "para_accuracy_curv
 
 
 def _adapter_folder(path: Path) -> Path:
-    return path / ADAPTER_DIR if (path / ADAPTER_DIR / "adapter_config.json").is_file() else path
+    return path / ADAPTER_DIR if is_adapter_folder(path / ADAPTER_DIR) else path
 
 
 def task_for_run(run: str | Path) -> TaskName:
@@ -64,7 +63,7 @@ def evaluate_adapter(
     """Accuracy and loss of the adapter at `adapter_path` on `split` (deterministic: same adapter, same result).
 
     Args:
-        adapter_path: a PEFT folder (or a run folder holding `adapter/`) whose modules_to_save has the head.
+        adapter_path: a PEFT folder or LR-LoRA record (or a run folder holding `adapter/`) with the head.
         task_name: the task; its labels must match the head.
         split: "test" or "validation".
         run: the run whose saved split to use (defaults to `adapter_path` if it is a run folder).
@@ -79,8 +78,7 @@ def evaluate_adapter(
     task = load_task(task_name)
     examples = split_examples(task, run_dir, split)
     model, tokenizer = load_minilm(len(task.labels))
-    peft_model = PeftModel.from_pretrained(model, folder)
-    accuracy, loss, predictions = predict(peft_model, tokenizer, examples, on_step=on_step)
+    accuracy, loss, predictions = predict(adapted_model(model, folder), tokenizer, examples, on_step=on_step)
     targets = tuple(e.label for e in examples)
     return Evaluation(accuracy, loss, len(examples), load_adapter(folder).n_params, tuple(predictions), targets)
 

@@ -1,74 +1,136 @@
-"""LR-LoRA (Learnable Rank LoRA, arXiv 2606.04325): OUR READING, since only the paper's abstract is public.
+"""LR-LoRA (Learnable Rank LoRA, arXiv 2606.04325, section 3.3 "Learnable Adapter Nonlinearity").
 
-The abstract says the rank of each layer is learned by the optimizer during training. Our reading (DESIGN.md
-section 4): each module has a continuous rank rho, and rank slot i is gated by the smooth, monotone mask
-sigmoid((rho - i - 0.5) / T), so slot i is on while i < rho. rho is trained jointly with the factors under a
-hinge penalty on the expected parameter count, sum_m (in + out) * sum_i mask_i, above the budget, so the
-optimizer trades rank for loss. Final rank = round(rho); slots beyond it are dropped (and the budget is
-enforced by lowering the module whose boundary slot is least on). rho gets its own Adam step size (by default
-capacity / total steps, so a rho whose gradient keeps its sign can cross every slot once in a run) and no
-weight decay. A faithful version can replace this behind the same interface once the method is published.
+Each adapted module learns its own elementwise sinc nonlinearity over the materialised low-rank product:
+`dW = (alpha / r) * phi(B @ A)`, `phi(x) = sum_k a_k sinc(w_k (x - c_k))` (analysis/sinc.py), K centres fixed on
+[-2, 2], a_k = 0 and w_k = softplus(raw_k) = 1 at init, B = 0 and A as in LoRA. phi(0) = 0 at init, so dW = 0
+and the factors get no gradient on the first step; the amplitudes do (dL/da_k = sum(G * sinc(-w_k c_k)) with
+G = dL/d(dW)), and once they move phi'(0) != 0 passes the gradient on to B and A. The module's learned rank is
+the stable rank of dW, ||dW||_F^2 / ||dW||_2^2, recorded per module over training. dW is dense (its rank is not
+bounded by r), so the run writes the native record below, which the engine reads as dense-update modules.
+
+Record (`adapter/` of the run): `lr_lora_config.json` (the formula, K, base model, target modules, and per module
+r and lora_alpha) and `lr_lora.safetensors` (per module `<name>.lora_A.weight` (r, in), `<name>.lora_B.weight`
+(out, r), `<name>.sinc_amplitude` (K,), `<name>.sinc_raw_bandwidth` (K,), `<name>.sinc_centre` (K,), keys under
+`base_model.model.`; the trained head under its PEFT modules_to_save key). No streamlit, no printing.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from analysis.formats.lr_lora import CONFIG_FILE, FORMULA, WEIGHTS_FILE
+from analysis.sinc import N_BASIS, SPAN, lr_lora_delta, raw_bandwidth, sinc_centres
 from analysis.training.data import Example
-from analysis.training.gated import GatedLoraLinear, wrap_targets
-from analysis.training.lora import StepCallback, TrainConfig, total_steps, train_loop
+from analysis.training.lora import StepCallback, TrainConfig, train_loop
+from analysis.training.model import BASE_MODEL_NAME, HEAD_NAME, TARGET_MODULES, target_linears
+
+PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
 class LrLoraConfig:
-    capacity: int = 16
-    """Rank slots per module (the largest learnable rank)."""
-    rho_init: float = 8.0
-    """Start at the budget's uniform rank: inside the budget, so the loss moves rho first."""
-    temperature: float = 0.5
-    penalty: float = 5.0
-    """Weight of the relative excess of expected parameters over the budget."""
-    rho_lr: float | None = None
-    """Learning rate of rho in rank units per step (an Adam step is about lr in size whatever the gradient).
-    None: capacity / total steps, so a rho whose gradient keeps its sign can cross every slot once in a run."""
+    """The sinc basis of every module (the re-implementations' defaults)."""
+
+    n_basis: int = N_BASIS
+    """K, sinc terms per module."""
+    span: float = SPAN
+    """Centres evenly spaced on [-span, span]."""
+    bandwidth_init: float = 1.0
+    """w_k at init (w_k = softplus(raw_k))."""
+    b_init: Literal["uniform", "zero"] = "uniform"
+    """"zero": B = 0 as in LoRA and the paper reading. With a = 0 and centres symmetric about 0, every gradient
+    step keeps phi even (dL/da_k and dL/dw_k are equal for c_k and -c_k while B @ A = 0), so phi'(0) = 0 and B
+    and A get no gradient, ever: the update stays the constant matrix phi(0) (tests/test_lr_lora.py shows it).
+    "uniform" (our default): B ~ U(-1/sqrt(r), 1/sqrt(r)), peft's A init on B's fan-in; dW is still exactly 0 at
+    init because a = 0, which is what LoRA's B = 0 is for."""
+    record_every: int = 10
+    """Steps between two records of every module's stable rank."""
+    is_compiled: bool = True
+    """Compile the sinc basis for large modules (analysis/sinc.py COMPILE_MIN_ELEMENTS): ~10x faster steps."""
+
+    def __post_init__(self) -> None:
+        if self.n_basis < 1:
+            raise ValueError(f"n_basis must be >= 1, got {self.n_basis}")
+        if not self.bandwidth_init > 0:
+            raise ValueError(f"bandwidth_init must be > 0, got {self.bandwidth_init}")
+        if self.b_init not in ("uniform", "zero"):
+            raise ValueError(f"b_init must be 'uniform' or 'zero', got {self.b_init!r}")
+
+    @property
+    def n_params_per_module(self) -> int:
+        """Trained sinc parameters of one module: K amplitudes and K bandwidths."""
+        return 2 * self.n_basis
 
 
-class LearnedRankLinear(GatedLoraLinear):
-    """Gated LoRA whose gates come from a learned continuous rank."""
+class SincLoraLinear(nn.Module):
+    """A frozen linear layer plus LR-LoRA's update: y = x (W + (alpha/r) phi(B A))^T + b."""
 
-    def __init__(self, base: nn.Linear, cap: int, scaling: float, rho_init: float, temperature: float) -> None:
-        super().__init__(base, cap, cap, scaling)
-        self.rho = nn.Parameter(torch.tensor(float(rho_init)))
-        self.temperature = temperature
-        self.register_buffer("slots", torch.arange(cap, dtype=torch.float32) + 0.5)
+    def __init__(self, base: nn.Linear, r: int, lora_alpha: float, settings: LrLoraConfig) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.r = r
+        self.lora_alpha = float(lora_alpha)
+        self.scaling = self.lora_alpha / r
+        bound = 1.0 / math.sqrt(base.in_features)  # peft's kaiming_uniform(a=sqrt(5)) on A: U(-1/sqrt(in), ..)
+        self.A = nn.Parameter(torch.empty(r, base.in_features).uniform_(-bound, bound))  # (r, in)
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))  # (out, r)
+        if settings.b_init == "uniform":
+            nn.init.uniform_(self.B, -1.0 / math.sqrt(r), 1.0 / math.sqrt(r))
+        self.amplitude = nn.Parameter(torch.zeros(settings.n_basis))  # a_k = 0: phi = 0 at init
+        self.raw_bandwidth = nn.Parameter(torch.full((settings.n_basis,), raw_bandwidth(settings.bandwidth_init)))
+        self.register_buffer("centre", sinc_centres(settings.n_basis, settings.span))
+        self.is_compiled = settings.is_compiled
 
-    def mask(self) -> torch.Tensor:
-        return torch.sigmoid((self.rho - self.slots) / self.temperature)  # (cap,), monotone in the slot index
+    def delta_w(self) -> torch.Tensor:
+        """(out, in) dW = (alpha / r) * phi(B @ A)."""
+        return lr_lora_delta(
+            self.A, self.B, self.amplitude, self.raw_bandwidth, self.centre, self.scaling, is_compiled=self.is_compiled
+        )
 
-    def gates(self) -> torch.Tensor:
-        return self.active.to(self.A.dtype) * self.mask() * self.gate_override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # one matmul with the merged weight: (..., in) @ (in, out)
+        return nn.functional.linear(x, self.base.weight + self.delta_w(), self.base.bias)
 
 
-def expected_params(layers: dict[str, LearnedRankLinear]) -> torch.Tensor:
-    return sum(layer.cost * layer.mask().sum() for layer in layers.values())
+def wrap_sinc(model: nn.Module, r: int, lora_alpha: float, settings: LrLoraConfig) -> dict[str, SincLoraLinear]:
+    """Replace every target linear by a SincLoraLinear; freeze all but its parameters and the head."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = {}
+    for name, linear in target_linears(model).items():
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layers[name] = SincLoraLinear(linear, r, lora_alpha, settings)
+        setattr(parent, leaf, layers[name])
+    for p in getattr(model, HEAD_NAME).parameters():
+        p.requires_grad_(True)
+    return layers
 
 
-def finalize_ranks(layers: dict[str, LearnedRankLinear], budget: int) -> dict[str, int]:
-    """Round each rho, enforce the budget, and switch off the slots beyond each final rank."""
-    ranks = {n: int(torch.clamp(layer.rho.detach().round(), 0, layer.cap)) for n, layer in layers.items()}
-    while sum(ranks[n] * layers[n].cost for n in layers) > budget:
-        # lower the module whose last kept slot is least on (its mask value is the smallest)
-        name = min((n for n in layers if ranks[n] > 0), key=lambda n: float(layers[n].mask()[ranks[n] - 1]))
-        ranks[name] -= 1
-    with torch.no_grad():
-        for name, layer in layers.items():
-            layer.active[ranks[name] :] = False
-    return ranks
+@torch.no_grad()
+def stable_ranks(layers: dict[str, SincLoraLinear]) -> dict[str, float]:
+    """||dW||_F^2 / ||dW||_2^2 per module (0 for a zero update), by one batched svdvals per shape."""
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    for name, layer in layers.items():
+        by_shape.setdefault((layer.base.out_features, layer.base.in_features), []).append(name)
+    out = {}
+    for names in by_shape.values():
+        sigma = torch.linalg.svdvals(torch.stack([layers[n].delta_w() for n in names]))  # (n, min(out, in))
+        for n, s in zip(names, sigma, strict=True):
+            out[n] = float((s**2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+    return out
 
 
 def train_lr_lora(
@@ -76,41 +138,63 @@ def train_lr_lora(
     tokenizer: PreTrainedTokenizerBase,
     train: Sequence[Example],
     config: TrainConfig,
-    lr_lora: LrLoraConfig,
-    budget: int,
+    settings: LrLoraConfig,
     *,
     on_step: StepCallback | None = None,
-) -> tuple[dict[str, LearnedRankLinear], list[float], list[dict]]:
-    """Train with learnable ranks under a parameter budget; returns layers, loss curve, rank trajectory."""
+) -> tuple[dict[str, SincLoraLinear], list[float], list[dict]]:
+    """Train LR-LoRA at rank `config.r` and scale `config.lora_alpha / config.r`.
+
+    Returns:
+        The layers by module path, the loss curve, and the trajectory: every `record_every` steps the stable
+        rank of each module's dW (sorted module order), its Frobenius norm and phi(0).
+    """
     torch.manual_seed(config.seed)
-    scaling = config.lora_alpha / lr_lora.capacity
-    layers = wrap_targets(model, LearnedRankLinear, cap=lr_lora.capacity, scaling=scaling,
-                          rho_init=lr_lora.rho_init, temperature=lr_lora.temperature)  # fmt: skip
-    rhos = [layer.rho for layer in layers.values()]
-    others = [p for p in model.parameters() if p.requires_grad and all(p is not r for r in rhos)]
-    # rho moves in rank units: its own learning rate (Adam ignores gradient scale) and no weight decay, which
-    # would otherwise pull every rank down by lr * decay * rho per step whatever the loss says
-    rho_lr = lr_lora.rho_lr or lr_lora.capacity / max(1, total_steps(len(train), config))
-    groups = [{"params": others}, {"params": rhos, "lr": rho_lr, "weight_decay": 0.0}]
+    layers = wrap_sinc(model, config.r, config.lora_alpha, settings)
+    names = sorted(layers)
     trajectory: list[dict] = []
 
-    def penalty() -> torch.Tensor:
-        return lr_lora.penalty * torch.relu(expected_params(layers) / budget - 1.0)
-
-    names = sorted(layers)
-
     def record(step: int) -> None:
-        if step % 10 == 0 or step == 1:
-            rho = [float(layers[n].rho.detach()) for n in names]
-            ranks = [int(min(max(round(r), 0), lr_lora.capacity)) for r in rho]
-            expected = round(float(expected_params(layers).detach()))
-            trajectory.append(
-                {"step": step, "ranks": ranks, "rho": [round(r, 3) for r in rho], "expected_params": expected}
-            )
+        if step % settings.record_every and step != 1:
+            return
+        ranks = stable_ranks(layers)
+        with torch.no_grad():
+            norms = [float(torch.linalg.matrix_norm(layers[n].delta_w())) for n in names]
+        trajectory.append({"step": step, "stable_rank": [round(ranks[n], 4) for n in names],
+                           "frobenius": [round(x, 6) for x in norms]})  # fmt: skip
 
-    losses = train_loop(
-        model, tokenizer, train, config, on_step=on_step, extra_loss=penalty, after_step=record, param_groups=groups
-    )
-    ranks = finalize_ranks(layers, budget)
-    trajectory.append({"step": len(losses), "ranks": [ranks[n] for n in names], "final": True})
+    losses = train_loop(model, tokenizer, train, config, on_step=on_step, after_step=record)
+    final = stable_ranks(layers)
+    trajectory.append({"step": len(losses), "stable_rank": [round(final[n], 4) for n in names], "final": True})
     return layers, losses, trajectory
+
+
+def save_lr_lora(out: Path, layers: dict[str, SincLoraLinear], head: nn.Linear, settings: LrLoraConfig) -> None:
+    """Write the native LR-LoRA record (module docstring) into the folder `out` (created)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    modules = {}
+    for name, layer in layers.items():
+        key = PREFIX + name
+        tensors[f"{key}.lora_A.weight"] = layer.A.detach().contiguous()  # (r, in)
+        tensors[f"{key}.lora_B.weight"] = layer.B.detach().contiguous()  # (out, r)
+        tensors[f"{key}.sinc_amplitude"] = layer.amplitude.detach().contiguous()  # (K,)
+        tensors[f"{key}.sinc_raw_bandwidth"] = layer.raw_bandwidth.detach().contiguous()  # (K,)
+        tensors[f"{key}.sinc_centre"] = layer.centre.detach().contiguous()  # (K,)
+        modules[name] = {"r": layer.r, "lora_alpha": layer.lora_alpha}
+    tensors[f"{PREFIX}{HEAD_NAME}.weight"] = head.weight.detach().clone()
+    tensors[f"{PREFIX}{HEAD_NAME}.bias"] = head.bias.detach().clone()
+    config = {
+        "format": "lr_lora",
+        "version": 1,
+        "method": "LR-LoRA, arXiv 2606.04325 section 3.3",
+        "delta_w": FORMULA,
+        "n_basis": settings.n_basis,
+        "settings": asdict(settings),
+        "base_model_name_or_path": BASE_MODEL_NAME,
+        "target_modules": TARGET_MODULES,
+        "modules_to_save": [HEAD_NAME],
+        "modules": modules,
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -1,13 +1,14 @@
 """The training methods behind one interface, and the registry of their ids (used by the CLI and the app).
 
 Every method trains under a parameter budget (the LoRA parameter count of uniform rank `budget_rank`, or an
-explicit count) and writes a standard PEFT LoRA folder; adaptive methods end within the budget with
-non-uniform ranks and return their rank trajectory.
+explicit count) and writes a standard PEFT LoRA folder (LR-LoRA: its own record, which the engine reads as
+dense-update modules); adaptive methods end within the budget with non-uniform ranks and return their rank
+trajectory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,8 +20,9 @@ from analysis.training.alora import AloraConfig, train_alora
 from analysis.training.data import TaskData
 from analysis.training.gated import save_gated, trained_head, write_lora_folder
 from analysis.training.lora import StepCallback, TrainConfig, train_lora
-from analysis.training.lr_lora import LrLoraConfig, train_lr_lora
-from analysis.training.model import target_linears
+from analysis.training.lr_lora import LrLoraConfig, save_lr_lora, train_lr_lora
+from analysis.training.masked_rank import MaskedRankConfig, train_masked_rank
+from analysis.training.model import HEAD_NAME, target_linears
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,38 @@ def _alora(model, tokenizer, task, config, budget, out, on_step) -> MethodResult
 
 
 def _lr_lora(model, tokenizer, task, config, budget, out, on_step) -> MethodResult:
-    settings = LrLoraConfig(capacity=2 * budget.rank, rho_init=float(budget.rank))
+    """LR-LoRA at the largest uniform rank whose trained parameters, r (in + out) + 2K per module, fit the budget;
+    alpha keeps the run's scale (alpha / r = 2 with the default alpha = 2 * budget rank)."""
+    settings = LrLoraConfig()
+    n_modules = len(target_linears(model))
+    r = (budget.params - settings.n_params_per_module * n_modules) // rank_cost(model)
+    if r < 1:
+        raise ValueError(f"the budget ({budget.params:,} parameters) is below LR-LoRA at rank 1; raise --budget-rank")
+    scale = config.lora_alpha / config.r
     layers, losses, trajectory = train_lr_lora(
+        model, tokenizer, task.train, replace(config, r=r, lora_alpha=scale * r), settings, on_step=on_step
+    )
+    save_lr_lora(out, layers, getattr(model, HEAD_NAME), settings)
+    final = dict(zip(sorted(layers), trajectory[-1]["stable_rank"], strict=True))
+    # the learned rank is the stable rank of dW (continuous); allocation.json holds it rounded
+    ranks = {name: round(value) for name, value in final.items()}
+    details = {"modules": sorted(layers), "r": r, "lora_alpha": scale * r, "stable_rank": final,
+               "learned_rank": "stable rank of dW, rounded in allocation.json", **asdict(settings)}  # fmt: skip
+    return MethodResult(losses, ranks, trajectory, details)
+
+
+def _masked_rank(model, tokenizer, task, config, budget, out, on_step) -> MethodResult:
+    """Our learned-rank-mask ablation (not LR-LoRA): continuous ranks gating 2x the budget's rank slots."""
+    settings = MaskedRankConfig(capacity=2 * budget.rank, rho_init=float(budget.rank))
+    layers, losses, trajectory = train_masked_rank(
         model, tokenizer, task.train, config, settings, budget.params, on_step=on_step
     )
     ranks = save_gated(model, layers, out)
     return MethodResult(losses, ranks, trajectory, {"modules": sorted(layers), **settings.__dict__})
 
 
-METHODS: dict[str, TrainingMethod] = {"lora": _lora, "alora": _alora, "lr_lora": _lr_lora, "adalora": _adalora}
-"""Method id -> implementation. `alora` is Allocating LoRA (arXiv 2403.16187), not peft's Activated LoRA."""
+METHODS: dict[str, TrainingMethod] = {
+    "lora": _lora, "alora": _alora, "lr_lora": _lr_lora, "adalora": _adalora, "masked_rank": _masked_rank,
+}  # fmt: skip
+"""Method id -> implementation. `alora` is Allocating LoRA (arXiv 2403.16187), not peft's Activated LoRA;
+`masked_rank` is our own ablation, not from a paper."""

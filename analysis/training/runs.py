@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from analysis.adapters import load_adapter
 from analysis.training.baselines import majority_accuracy
 from analysis.training.data import TaskData, TaskName, load_task, subsample
+from analysis.training.deploy import adapted_model
 from analysis.training.lora import StepCallback, TrainConfig, predict
 from analysis.training.methods import METHODS, resolve_budget
 from analysis.training.model import load_minilm
@@ -29,7 +29,7 @@ from analysis.training.records import ADAPTER_DIR, writing_run
 ModelFactory = Callable[..., tuple[nn.Module, PreTrainedTokenizerBase]]
 """(n_labels, seed=...) -> (SentenceClassifier, tokenizer); MiniLM by default, a tiny BERT in tests."""
 
-DEFAULT_BUDGET_RANK = {"lora": 32, "alora": 8, "lr_lora": 8, "adalora": 8}
+DEFAULT_BUDGET_RANK = {"lora": 32, "alora": 8, "lr_lora": 8, "adalora": 8, "masked_rank": 8}
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def train_run(
             _store_factors_as(run.folder / ADAPTER_DIR, spec.adapter_dtype)
         # evaluate exactly what a user loads: a fresh base model plus the written PEFT folder
         fresh, _ = build(len(task.labels), seed=spec.train.seed)
-        trained = PeftModel.from_pretrained(fresh, run.folder / ADAPTER_DIR)
+        trained = adapted_model(fresh, run.folder / ADAPTER_DIR)
         val_acc, val_loss, val_pred = predict(trained, tokenizer, task.validation)
         test_acc, test_loss, test_pred = predict(trained, tokenizer, task.test)
         run.log(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}")
