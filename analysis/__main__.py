@@ -88,7 +88,7 @@ def _write_csv(rows: Sequence[dict[str, object]], out: io.TextIOBase) -> None:
 def run_info(args: argparse.Namespace) -> None:
     adapter = _load(args)
     spectra = _spectra(adapter, args)
-    ranks = sorted({m.r for m in adapter.modules})
+    ranks = sorted({m.factor_rank for m in adapter.modules})  # a dense update: its factors' rank
     lines = [
         f"source       {adapter.source}",
         f"format       {adapter.format}",

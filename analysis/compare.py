@@ -149,7 +149,9 @@ def allocation_params(index: ParaIndex, ranks: Mapping[str, int]) -> int:
     return int(sum(int(r) * cost[name] for name, r in ranks.items()))
 
 
-def match_allocation(index: ParaIndex, name: str, ranks: Mapping[str, int], *, min_rank: int = 0) -> MatchedAllocation:
+def match_allocation(
+    index: ParaIndex, name: str, ranks: Mapping[str, int], *, min_rank: int = 0, n_params: int | None = None
+) -> MatchedAllocation:
     """PARA on the fixed-rank adapter at the parameter count of `ranks`, aligned with it module by module.
 
     Args:
@@ -157,10 +159,13 @@ def match_allocation(index: ParaIndex, name: str, ranks: Mapping[str, int], *, m
         name: a label for the other allocation (its run name).
         ranks: the other allocation, module name -> rank.
         min_rank: as in `allocate_ranks`.
+        n_params: the run's trained parameter count where its ranks do not give it (LR-LoRA: r (in + out) + 2K
+            per module, its rank being a stable rank of a dense update); default: the LoRA parameters of `ranks`.
 
     Returns:
         The matched pair with Spearman, normalised L1 and per-type / per-depth totals (a = PARA).
     """
-    n_params = allocation_params(index, ranks)
+    counted = allocation_params(index, ranks)  # also checks the modules
+    n_params = counted if n_params is None else n_params
     position, para = _nearest_cut(index, n_params, min_rank)
     return MatchedAllocation(name, dict(ranks), n_params, position, para, compare_allocations(para.rank_map, ranks))

@@ -32,7 +32,7 @@ if adapter is None:
 
 spectra = cache.cached_spectra(adapter.fingerprint, adapter)
 st.subheader("Loaded adapter")
-ranks = sorted({m.r for m in adapter.modules})
+ranks = sorted({m.factor_rank for m in adapter.modules})  # a dense update: its factors' rank
 scalings = sorted({round(m.scaling, 6) for m in adapter.modules})
 cols = st.columns(4)
 cols[0].metric("Format", adapter.format.upper())

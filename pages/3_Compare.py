@@ -79,6 +79,6 @@ baseline = source.metrics.get("baselines", {}).get("majority_test_accuracy") if 
 cw.show_accuracy_curve(result, baseline)
 if result.runs:
     st.subheader("Where the rank goes, at matched budget")
-    cw.show_run_pairs(result)
+    cw.show_run_pairs(result, cw.stable_ranks_of(others))
     st.subheader("Rank correlation")
     cw.show_rank_correlation(result)

@@ -41,14 +41,20 @@ def test_samples_include_the_llama_shaped_run():
 def test_sample_loads_with_its_recorded_ranks_and_params(run):
     adapter = load_adapter(run.path / "adapter")
     allocation = json.loads((run.path / "allocation.json").read_text())
-    assert {m.name: m.r for m in adapter.modules} == {name: r for name, r in allocation.items() if r}  # 0: dropped
+    spectra = adapter_spectra(adapter)
+    if adapter.format == "lr_lora":  # dense updates: the learned rank is dW's stable rank (rounded in allocation)
+        recorded = run.metrics["method_details"]["stable_rank"]
+        for s in spectra.spectra:  # rebuilt by the reader, measured by the engine's dense SVD
+            assert math.isclose(s.stable_rank, recorded[s.name], rel_tol=1e-3), s.name
+        assert allocation == {name: round(value) for name, value in recorded.items()}
+    else:
+        assert {m.name: m.r for m in adapter.modules} == {name: r for name, r in allocation.items() if r}  # 0: dropped
     assert adapter.n_params == run.metrics["n_lora_params"]
     if run.metrics["method"] == "lora":
         assert set(allocation.values()) == {run.metrics["config"]["r"]}
     else:  # adaptive: non-uniform ranks within the budget (the parameters of uniform rank budget.rank)
         assert len(set(allocation.values())) > 1
         assert adapter.n_params <= run.metrics["budget"]["params"]
-    spectra = adapter_spectra(adapter)
     assert all(math.isfinite(s.sigma_max) and s.sigma_max > 0 for s in spectra.spectra)
 
 

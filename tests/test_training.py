@@ -13,7 +13,6 @@ from functools import cache
 
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoTokenizer
 
 from analysis.adapters import load_adapter
@@ -22,6 +21,7 @@ from analysis.training.adalora import budget_trim
 from analysis.training.alora import importance_scores, reallocate
 from analysis.training.baselines import fit_probe, majority_accuracy
 from analysis.training.data import TASKS, Example, TaskData, load_task
+from analysis.training.deploy import adapted_model
 from analysis.training.gated import GatedLoraLinear, wrap_targets
 from analysis.training.lora import TrainConfig, encode
 from analysis.training.methods import METHODS, rank_cost, resolve_budget
@@ -31,7 +31,7 @@ from analysis.training.runs import RunSpec, train_run
 from analysis.training.samples import SAMPLE_RUNS, runs_table
 
 CONFIG = TrainConfig(epochs=1, lr=5e-3, batch_size=16, max_length=12, max_steps=6)
-ADAPTIVE = ["alora", "lr_lora", "adalora"]
+ADAPTIVE = ["alora", "adalora", "masked_rank"]  # integer ranks (lr_lora learns a continuous one)
 
 
 @cache
@@ -68,7 +68,7 @@ def test_registry_and_cli_choices_agree():
     parser = cli.build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     choices = next(a.choices for a in train._actions if a.dest == "method")
-    assert list(choices) == list(METHODS) == ["lora", "alora", "lr_lora", "adalora"]
+    assert list(choices) == list(METHODS) == ["lora", "alora", "lr_lora", "adalora", "masked_rank"]
     from pages.shared import train_widgets  # the Train page's labels cover exactly the registry and the tasks
 
     assert list(train_widgets.METHODS) == list(METHODS) and tuple(train_widgets.TASKS) == TASKS
@@ -97,21 +97,27 @@ def test_train_run_writes_a_complete_record_that_engine_and_peft_load(tmp_path, 
     assert not [w for w in caught if "remote file" in str(w.message) or "config file" in str(w.message)]
     folder = tmp_path / method
     assert read_run(folder).status == "finished" and metrics["method"] == method
-    for file in ("metrics.json", "allocation.json", "splits.json", "log.txt", "adapter/adapter_config.json"):
+    adapter_file = "adapter/lr_lora_config.json" if method == "lr_lora" else "adapter/adapter_config.json"
+    for file in ("metrics.json", "allocation.json", "splits.json", "log.txt", adapter_file):
         assert (folder / file).is_file(), file
     assert metrics["n_steps"] == 6 and all(torch.isfinite(torch.tensor(metrics["loss_curve"])))
     adapter = load_adapter(folder / "adapter")
     allocation = json.loads((folder / "allocation.json").read_text())
     assert len(allocation) == 12  # 2 layers x 6 target modules
-    assert {m.name: m.r for m in adapter.modules} == {n: r for n, r in allocation.items() if r}
+    if method == "lr_lora":  # dense updates; its learned rank is the stable rank of dW, rounded in allocation.json
+        stable = metrics["method_details"]["stable_rank"]
+        assert allocation == {n: round(v) for n, v in stable.items()} and all(m.is_dense for m in adapter.modules)
+        assert metrics["rank_trajectory"][-1]["final"] and "stable_rank" in metrics["rank_trajectory"][0]
+    else:
+        assert {m.name: m.r for m in adapter.modules} == {n: r for n, r in allocation.items() if r}
     assert metrics["n_lora_params"] == adapter.n_params
     if method != "alora":  # ALoRA's budget is in ranks (the paper's R_target)
         assert adapter.n_params <= metrics["budget"]["params"]
     model, _ = tiny_factory(2)
-    peft_model = PeftModel.from_pretrained(model, folder / "adapter")
+    trained = adapted_model(model, folder / "adapter")  # peft for PEFT folders
     ids = encode(tokenizer(), ["apple engine"], 12)
-    assert torch.isfinite(peft_model(ids["input_ids"], ids["attention_mask"])).all()
-    if method != "lora":
+    assert torch.isfinite(trained(ids["input_ids"], ids["attention_mask"])).all()
+    if method not in ("lora", "lr_lora"):
         assert metrics["rank_trajectory"] and "ranks" in metrics["rank_trajectory"][-1]
 
 

@@ -161,8 +161,10 @@ def compare_task(
     for run in runs:
         if run.path == source.path:
             continue
-        matched = match_allocation(index, run.name, read_allocation(run), min_rank=min_rank)
         run_adapter = load(run.path / ADAPTER_DIR)
+        # dense updates (LR-LoRA): matched at the trained parameter count, r (in + out) + 2K per module
+        trained = run_adapter.n_params if any(m.is_dense for m in run_adapter.modules) else None
+        matched = match_allocation(index, run.name, read_allocation(run), min_rank=min_rank, n_params=trained)
         run_digest = digest_of(run.path, split)
         run_eval = evaluations.get(
             EvalKey(run_adapter.fingerprint, task, split, run_digest),

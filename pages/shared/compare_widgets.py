@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,7 @@ from analysis.compare_figures import (
     rank_scatter_figure,
     totals_figure,
 )
+from analysis.figures import module_heatmap_figure
 from analysis.para import RankAllocation
 from analysis.training.catalog import fixed_rank, para_source
 from analysis.training.comparison import PendingEvaluation
@@ -49,6 +50,7 @@ METHOD_NAMES = {
     "alora": "ALoRA",
     "lr_lora": "LR-LoRA",
     "adalora": "AdaLoRA",
+    "masked_rank": "masked rank (ours)",
 }
 METHOD_MEANINGS = (
     "- **PARA** (post-hoc, data-free): rank follows *weight magnitude*. After training, the fixed-rank adapter's "
@@ -57,8 +59,12 @@ METHOD_MEANINGS = (
     "- **ALoRA** (Allocating LoRA, during training): rank follows *loss ablation*. Each rank's contribution is "
     "scored by switching it off and on alone on a validation batch; the lowest are pruned and their budget is "
     "given to other modules.\n"
-    "- **LR-LoRA** (during training): rank follows a *learned gate*. Each module has a continuous rank that the "
-    "optimizer trades against a parameter penalty. This is our reading: the paper's mechanism is not public.\n"
+    "- **LR-LoRA** (during training): rank follows a *learned nonlinearity*. Each module learns its own sinc-basis "
+    "function φ applied elementwise to B·A, so its update (α/r)·φ(B·A) is dense; its learned rank is the "
+    "**stable rank** ‖dW‖²_F / ‖dW‖²_2 (continuous; rounded in its rank map). It is matched at its trained "
+    "parameters, r·(d_in + d_out) + 2K per module.\n"
+    "- **masked rank** (ours, an ablation, not from a paper): rank follows a *learned gate*, a continuous rank per "
+    "module traded against a parameter penalty.\n"
     "- **AdaLoRA** (peft, during training): rank follows *gradient sensitivity* scores of each singular triplet, "
     "pruned to a budget on a schedule.\n\n"
     "Budgets are matched in **LoRA parameters** (each rank of a module costs d_in + d_out): every run is set "
@@ -234,7 +240,7 @@ def show_accuracy_curve(result: TaskComparison, baseline: float | None) -> None:
     st.plotly_chart(accuracy_budget_figure(curve, points, baseline=baseline), width="stretch")
 
 
-def _show_pair(r: RunResult) -> None:
+def _show_pair(r: RunResult, stable_rank: Mapping[str, float] | None) -> None:
     name = METHOD_NAMES.get(r.method, r.method)
     cols = st.columns(4)
     cols[0].metric(f"{name} LoRA params", f"{r.n_params:,}")
@@ -251,14 +257,24 @@ def _show_pair(r: RunResult) -> None:
                       width="stretch", key=f"types-{r.run}")  # fmt: skip
     right.plotly_chart(totals_figure(by_layer, by="layer", title="Total rank per layer", colors=colors),
                        width="stretch", key=f"layers-{r.run}")  # fmt: skip
+    if stable_rank:
+        title = f"{name}: stable rank of each module's dense update (its learned rank, unrounded)"
+        st.plotly_chart(module_heatmap_figure(stable_rank, title, "stable rank"), width="stretch",
+                        key=f"stable-{r.run}")  # fmt: skip
 
 
-def show_run_pairs(result: TaskComparison) -> None:
-    """Per run, a tab: rank maps side by side on one scale, totals per module type and per layer."""
+def show_run_pairs(result: TaskComparison, stable_ranks: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Per run, a tab: rank maps side by side on one scale, totals per module type and per layer, and for a
+    dense-update run (LR-LoRA) its stable-rank map (`stable_ranks`: run name -> module -> stable rank)."""
     tabs = st.tabs([f"{METHOD_NAMES.get(r.method, r.method)} · {r.run}" for r in result.runs])
     for tab, r in zip(tabs, result.runs, strict=True):
         with tab:
-            _show_pair(r)
+            _show_pair(r, (stable_ranks or {}).get(r.run))
+
+
+def stable_ranks_of(runs: Sequence[RunRecord]) -> dict[str, dict[str, float]]:
+    """Run name -> per-module stable rank, for the runs that record one (LR-LoRA)."""
+    return {run.name: found for run in runs if (found := run.metrics.get("method_details", {}).get("stable_rank"))}
 
 
 def show_rank_correlation(result: TaskComparison) -> None:

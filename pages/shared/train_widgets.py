@@ -20,8 +20,9 @@ from pages.shared.widgets import load_path, set_adapter
 METHODS = {
     "lora": "LoRA, fixed rank (train high for PARA)",
     "alora": "ALoRA (Allocating LoRA: AB-LoRA ablation scores, prune and reallocate)",
-    "lr_lora": "LR-LoRA (learnable rank per module; our reading of the paper)",
+    "lr_lora": "LR-LoRA (a learned sinc nonlinearity on B·A per module, arXiv 2606.04325)",
     "adalora": "AdaLoRA (peft; gradient-sensitivity budget)",
+    "masked_rank": "masked rank (ours, an ablation: a learned rank mask per module; not from a paper)",
 }
 TASKS = {"bbc-topic": "BBC headlines → 5 topics", "tweet-sentiment": "tweets → 3 sentiments"}
 KEY_STARTED = "train_started"
