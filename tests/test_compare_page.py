@@ -23,11 +23,16 @@ def test_compare_page_renders_the_bundled_comparison_without_evaluating(home):
         assert not any(b.label.startswith("Evaluate") for b in home.button)  # every result is current
         assert any("current for these adapters" in c.value for c in home.caption)
         table = home.dataframe[0].value
-        assert list(table["run"]) == [r.run for r in task.runs] and len(table) >= 4  # every adaptive run, r8
+        assert list(table["run"]) == [r.run for r in task.runs] and len(table) >= 3  # no LR-LoRA tweets run yet
         assert table["accuracy"].notna().all() and table["PARA accuracy"].notna().all()
         assert list(table["PARA params (matched)"]) == [r.para.n_params for r in task.runs]
-        # accuracy curve, then per run: rank maps, type totals, layer totals; then the rank scatter
-        assert len(home.get("plotly_chart")) == 1 + 3 * len(task.runs) + 1
+        # accuracy curve, then per run: rank maps, type totals, layer totals (LR-LoRA: + its stable-rank map);
+        # then the rank scatter
+        n_dense = sum(r.method == "lr_lora" for r in task.runs)
+        charts = home.get("plotly_chart")
+        assert len(charts) == 1 + 3 * len(task.runs) + n_dense + 1
+        titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
+        assert sum("stable rank of each module's dense update" in t for t in titles) == n_dense
         assert len(home.tabs) == len(task.runs)
 
 

@@ -15,7 +15,7 @@ from analysis.training.data import TASKS
 
 # The registry (analysis.training.methods.METHODS) imports torch, peft and transformers; `--help` and a usage
 # error need none of them, so the names are listed here and a test holds them equal to the registry's keys.
-METHOD_NAMES = ("lora", "alora", "lr_lora", "adalora")
+METHOD_NAMES = ("lora", "alora", "lr_lora", "adalora", "masked_rank")
 
 
 def _fractions(text: str) -> list[float]:
