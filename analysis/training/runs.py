@@ -168,6 +168,8 @@ def _store_factors_as(folder: Path, dtype: str) -> None:
     if dtype != "bfloat16":
         raise ValueError(f"adapter_dtype must be float32 or bfloat16, got {dtype!r}")
     file = folder / "adapter_model.safetensors"
+    if not file.is_file():  # an LR-LoRA record: its factors are lora_A / lora_B too, its sinc parameters stay
+        file = folder / "lr_lora.safetensors"
     tensors = load_file(str(file))
     for key, value in tensors.items():
         if ".lora_A." in key or ".lora_B." in key:
